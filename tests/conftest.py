@@ -1,0 +1,27 @@
+"""Shared fixtures: small datasets built by plain factory functions, CUDA-gated tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Ray 2.60 turns token auth on by default; local test clusters do not need it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("USLEARN_PROGRESS", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` cleanly when CUDA is not available."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

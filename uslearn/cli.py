@@ -1,0 +1,61 @@
+"""``uslearn`` command line: one dispatcher; each room registers its own sub-commands.
+
+Sub-command modules must keep heavy imports (torch, ray, mlflow) inside their handlers so that
+``uslearn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from uslearn import __version__
+from uslearn.errors import UserError
+from uslearn.log import configure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with the data, train, study and report sub-commands."""
+    from analysis import cli as report_cli
+    from uslearn.data import cli as data_cli
+    from uslearn.strategies import cli as train_cli
+    from uslearn.study import cli as study_cli
+
+    parser = argparse.ArgumentParser(
+        prog="uslearn",
+        description=(
+            "Deep clustering (PICA, LSD), FixMatch and fine-tuning of ResNet18 for multi-label "
+            "abdominal ultrasound, run as Ray + MLflow studies. Start with "
+            "'uslearn data phantom --preset demo --out data/demo' or 'python studies/lambda_sensitivity.py'."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"uslearn {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-v: debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{data,train,study,report}")
+    sub.required = True
+    data_cli.register(sub)
+    train_cli.register(sub)
+    study_cli.register(sub)
+    report_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code (2 for a user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"uslearn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"uslearn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Data room: dataset directory contract, importers, phantom, splits, sampling. Knows no models."""
+
+from uslearn.data.dataset import CLASSES, SPLITS, Dataset, DatasetError, DatasetWriter
+
+__all__ = ["CLASSES", "SPLITS", "Dataset", "DatasetError", "DatasetWriter"]
