@@ -1,0 +1,210 @@
+"""The paper's losses as pure functions on tensors (equation numbers of the paper, METHODS.md).
+
+Shapes: N = batch, K = clusters / label combinations, C = classes. Every function returns
+tensors on the input's device and never calls ``.item()``, so a training step stays free of
+host synchronisation; parts returned for logging are detached.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PRIORS = ("entropy", "dirichlet")
+# Floor for cluster sizes inside a log: keeps L_NE / L_SD and their gradients finite at z = 0.
+Z_EPS = 1e-8
+
+
+def _check_probs(name: str, p: Tensor) -> None:
+    if p.dim() != 2 or p.shape[1] < 2:
+        raise ValueError(f"{name}: expected (N, K) probabilities with K >= 2, got {tuple(p.shape)}")
+
+
+def cluster_sizes(p: Tensor) -> Tensor:
+    """Return Z: (K,), the batch cluster-size distribution (column sums of p: (N, K), sum 1)."""
+    z = p.sum(dim=0)  # (K,)
+    return z / z.sum().clamp_min(Z_EPS)
+
+
+def partition_uncertainty_index(p_a: Tensor, p_b: Tensor) -> Tensor:
+    """Return M: (K, K) = P̃ₙᵀ P̂ₙ, cosines between the clusters of two views (Eq. 1-2).
+
+    Args:
+        p_a: (N, K) probabilities of view a; p_b: (N, K) of view b.
+    """
+    # Each column (one cluster's assignment vector over the batch) to unit length (Eq. 1).
+    a = F.normalize(p_a, p=2, dim=0)  # (N, K)
+    b = F.normalize(p_b, p=2, dim=0)  # (N, K)
+    return a.transpose(0, 1) @ b  # (K, K)
+
+
+def entropy_prior(z: Tensor) -> Tensor:
+    """Return L_NE = log K + Σ_k z_k log z_k = log K − H(Z) (Eq. 4) for Z: (K,); 0 at uniform Z."""
+    return math.log(z.shape[0]) + (z * torch.log(z.clamp_min(Z_EPS))).sum()
+
+
+def dirichlet_prior(z: Tensor, alpha: float = 1.05) -> Tensor:
+    """Return L_SD(α) = −(1/log K) Σ_k (α − 1) log z_k (Eq. 6) for Z: (K,).
+
+    The negative log of a symmetric Dirichlet(α) density up to its constant, scaled by 1/log K.
+    Not 0 at uniform Z (value (α − 1) K); only its gradient, (α − 1)/(z_k log K), matters, and it
+    is largest for the smallest clusters.
+    """
+    k = z.shape[0]
+    return -(alpha - 1.0) / math.log(k) * torch.log(z.clamp_min(Z_EPS)).sum()
+
+
+def pica_loss(
+    p_a: Tensor, p_b: Tensor, lam: float, prior: str = "entropy", alpha: float = 1.05
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PICA (Sec. 2.2.1) or its Dirichlet variant LSD (Sec. 2.2.2) on two views of a batch.
+
+    Args:
+        p_a: (N, K) cluster probabilities of view a (softmax already applied; Z comes from it).
+        p_b: (N, K) cluster probabilities of view b.
+        lam: weight λ of the prior term (paper default 2).
+        prior: ``"entropy"`` → L_NE (Eq. 4, PICA) or ``"dirichlet"`` → L_SD(α) (Eq. 6, LSD).
+        alpha: Dirichlet concentration α (slightly above 1), only for ``prior="dirichlet"``.
+
+    Returns:
+        ``(total, {"ce": L_CE, "prior": L_prior})`` with total = L_CE + λ L_prior (Sec. 2.2.1 / Eq. 7);
+        the parts are detached scalars. L_CE has no temperature, so its minimum is
+        log(1 + (K − 1)/e) (M = identity), not 0.
+    """
+    _check_probs("p_a", p_a)
+    _check_probs("p_b", p_b)
+    if p_a.shape != p_b.shape:
+        raise ValueError(f"views differ in shape: {tuple(p_a.shape)} vs {tuple(p_b.shape)}")
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    m = partition_uncertainty_index(p_a, p_b)  # (K, K)
+    target = torch.arange(m.shape[0], device=m.device)
+    # Row j of M as logits over the K clusters of view b; cluster j should match cluster j (Eq. 3).
+    ce = F.cross_entropy(m, target)
+    z = cluster_sizes(p_a)  # (K,)
+    reg = entropy_prior(z) if prior == "entropy" else dirichlet_prior(z, alpha)
+    total = ce + lam * reg
+    return total, {"ce": ce.detach(), "prior": reg.detach()}
+
+
+def multilabel_bce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy averaged over classes and samples (Eq. 9, typo fixed).
+
+    L = −(1/(N C)) Σ_i Σ_c [v_ic log p_ic + (1 − v_ic) log(1 − p_ic)], p = sigmoid(logits); the
+    paper's ``(1 − log p)`` is read as ``log(1 − p)`` and its missing leading minus sign added; its
+    sum over S becomes a mean, so the loss does not depend on the batch size. Computed from logits
+    for numerical stability.
+
+    Args:
+        logits: (N, C) raw scores of the sigmoid head.
+        targets: (N, C) multi-hot labels in {0, 1} (soft targets in [0, 1] work too).
+
+    Returns:
+        The scalar loss.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def fixmatch_loss(logits_weak: Tensor, logits_strong: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """Single-label FixMatch unlabelled loss L_u (Eq. 12-13).
+
+    Pseudo-label = argmax of the weak view's softmax (no gradient); an image counts when its
+    max probability is ≥ τ; L_u = Σ_i mask_i · CE(strong_i, pseudo_i) / N, averaged over ALL N
+    unlabelled images (not only the kept ones), as in the reference implementation.
+
+    Args:
+        logits_weak: (N, K) logits of the weakly augmented views (detached here).
+        logits_strong: (N, K) logits of the strongly augmented views.
+        tau: confidence threshold τ (paper 0.95).
+
+    Returns:
+        ``(loss, mask_rate)``: the scalar L_u and the detached fraction of kept images.
+    """
+    if logits_weak.shape != logits_strong.shape or logits_weak.dim() != 2:
+        raise ValueError(
+            f"expected two (N, K) logits, got {tuple(logits_weak.shape)} and "
+            f"{tuple(logits_strong.shape)}"
+        )
+    probs = torch.softmax(logits_weak.detach().float(), dim=1)  # (N, K)
+    confidence, pseudo = probs.max(dim=1)  # (N,), (N,)
+    mask = (confidence >= tau).to(logits_strong.dtype)  # (N,)
+    per_image = F.cross_entropy(logits_strong, pseudo, reduction="none")  # (N,)
+    return (per_image * mask).mean(), mask.detach().mean()
+
+
+def fixmatch_one_head_loss(
+    logits_weak: Tensor, logits_strong: Tensor, tau: float
+) -> tuple[Tensor, Tensor]:
+    """FixMatch One-Head unlabelled loss (Sec. 2.3.1): sigmoid pseudo-labels, image-level mask.
+
+    ỹ_ic = 1[p̃_ic ≥ 0.5] with p̃ = sigmoid(weak logits) (no gradient); image i is kept when
+    max_c p̃_ic ≥ τ; L_u = Σ_i keep_i Σ_c BCE(strong_ic, ỹ_ic) / (N C), i.e. averaged over all
+    unlabelled images × classes. Every class below 0.5 becomes a confident negative: the
+    method's known weakness, kept as the paper describes it.
+
+    Args:
+        logits_weak: (N, C) sigmoid-head logits of the weak views (detached here).
+        logits_strong: (N, C) sigmoid-head logits of the strong views.
+        tau: confidence threshold τ.
+
+    Returns:
+        ``(loss, mask_rate)``: the scalar loss and the detached fraction of kept images.
+    """
+    if logits_weak.shape != logits_strong.shape or logits_weak.dim() != 2:
+        raise ValueError(
+            f"expected two (N, C) logits, got {tuple(logits_weak.shape)} and "
+            f"{tuple(logits_strong.shape)}"
+        )
+    probs = torch.sigmoid(logits_weak.detach().float())  # (N, C)
+    pseudo = (probs >= 0.5).to(logits_strong.dtype)  # (N, C)
+    keep = (probs.max(dim=1).values >= tau).to(logits_strong.dtype)  # (N,)
+    per_entry = F.binary_cross_entropy_with_logits(logits_strong, pseudo, reduction="none")
+    return (per_entry * keep[:, None]).mean(), keep.detach().mean()
+
+
+def fixmatch_two_head_loss(
+    combo_logits_lb: Tensor,
+    combo_targets_lb: Tensor,
+    ml_logits_lb: Tensor,
+    ml_targets_lb: Tensor,
+    combo_logits_weak: Tensor,
+    combo_logits_strong: Tensor,
+    tau: float,
+    lambda_u: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """FixMatch Two-Head loss (Sec. 2.3.2): softmax head over label combinations + sigmoid head.
+
+    L = CE(combo_lb, w) + BCE(ml_lb, v) (Eq. 9) + λ_u · L_u(combo_weak, combo_strong) (Eq. 12),
+    where w is a labelled image's combination index and v its multi-hot label; predictions come
+    from the sigmoid head.
+
+    Args:
+        combo_logits_lb: (B, K) combination-head logits of the labelled images.
+        combo_targets_lb: (B,) int64 combination indices w (``LabelCombinations.encode``).
+        ml_logits_lb: (B, C) sigmoid-head logits of the labelled images.
+        ml_targets_lb: (B, C) multi-hot labels v.
+        combo_logits_weak: (N, K) combination-head logits of the weak unlabelled views.
+        combo_logits_strong: (N, K) combination-head logits of the strong unlabelled views.
+        tau: confidence threshold τ.
+        lambda_u: weight λ_u of the unlabelled term.
+
+    Returns:
+        ``(total, parts)`` with detached parts ``sup_combo``, ``sup_bce``, ``unsup``,
+        ``mask_rate``.
+    """
+    sup_combo = F.cross_entropy(combo_logits_lb, combo_targets_lb.long())
+    sup_bce = multilabel_bce(ml_logits_lb, ml_targets_lb)
+    unsup, mask_rate = fixmatch_loss(combo_logits_weak, combo_logits_strong, tau)
+    total = sup_combo + sup_bce + lambda_u * unsup
+    parts = {
+        "sup_combo": sup_combo.detach(),
+        "sup_bce": sup_bce.detach(),
+        "unsup": unsup.detach(),
+        "mask_rate": mask_rate,
+    }
+    return total, parts
