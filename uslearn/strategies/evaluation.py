@@ -1,0 +1,106 @@
+"""Evaluation shared by every strategy (paper Sec. 3.2).
+
+Scores in [0, 1] per class → per-class thresholds that maximise F1 on **validation** → the
+same thresholds applied to test → per-class precision / recall / F1 and their support-weighted
+average. Thresholds are never fitted on test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from uslearn import augment, metrics
+from uslearn.data.dataset import CLASSES, Dataset
+from uslearn.data.loader import load_batch
+
+EVAL_BATCH = 256
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    data: Dataset,
+    rows: np.ndarray,
+    head: str,
+    size: int,
+    device: torch.device,
+    amp_dtype=None,
+) -> np.ndarray:
+    """Return the (N, K) float32 logits of ``head`` for dataset ``rows`` (eval mode, no augmentation)."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(rows), EVAL_BATCH):
+        x = augment.to_input(
+            load_batch(data.images, rows[start : start + EVAL_BATCH], device=device), size
+        )
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs.append(model(x)[head].float().cpu())
+    model.train(was_training)
+    if not outputs:
+        return np.zeros((0, 0), np.float32)
+    return torch.cat(outputs).numpy()
+
+
+def weighted_f1(val_scores: np.ndarray, y_val: np.ndarray) -> float:
+    """Return the support-weighted F1 on validation with thresholds fitted on validation.
+
+    This is the model-selection score (paper Sec. 3.2: thresholds set during validation).
+    """
+    thresholds = metrics.fit_thresholds(val_scores, y_val)
+    return float(
+        metrics.multilabel_report(val_scores, y_val, thresholds, CLASSES).loc["weighted", "f1"]
+    )
+
+
+def test_report(
+    val_scores: np.ndarray, y_val: np.ndarray, test_scores: np.ndarray, y_test: np.ndarray
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Return (thresholds fitted on validation, test report with classes + weighted rows)."""
+    thresholds = metrics.fit_thresholds(val_scores, y_val)
+    return thresholds, metrics.multilabel_report(test_scores, y_test, thresholds, CLASSES)
+
+
+def report_metrics(report: pd.DataFrame, prefix: str = "test") -> dict[str, float]:
+    """Return the MLflow-contract metric names for a report frame (DESIGN.md)."""
+    out = {
+        f"{prefix}/{m}_weighted": float(report.loc["weighted", m])
+        for m in ("f1", "precision", "recall")
+    }
+    for cls in CLASSES:
+        for m in ("f1", "precision", "recall", "support"):
+            out[f"{prefix}/{m}/{cls}"] = float(report.loc[cls, m])
+    return out
+
+
+def write_artifacts(
+    out_dir: Path,
+    thresholds: np.ndarray,
+    report: pd.DataFrame,
+    final: dict[str, float],
+    config: dict,
+) -> None:
+    """Write thresholds.json, per_class.csv, metrics.json and config.json into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "thresholds.json").write_text(
+        json.dumps(dict(zip(CLASSES, map(float, thresholds))), indent=2)
+    )
+    report.to_csv(out_dir / "per_class.csv", index_label="class")
+    (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def format_report(report: pd.DataFrame) -> str:
+    """Return the per-class table as aligned text for the terminal."""
+    table = report.copy()
+    for column in ("precision", "recall", "f1"):
+        table[column] = (100 * table[column]).map(lambda v: f"{v:6.2f}")
+    table["support"] = table["support"].astype(int)
+    return table.to_string()

@@ -1,0 +1,57 @@
+"""Transfer learning / fine-tuning (paper Sec. 2.2.4; Strategy 1 of Fig. 1).
+
+ResNet18 feature extractor f_θ initialised at random, from ImageNet or from a deep-clustering
+checkpoint (its cluster head dropped), a C-way sigmoid head g_Φ, all weights trained jointly
+with the multi-label BCE of Eq. 9 on the labelled exams of the label fraction. Early stopping
+after ``patience`` evaluations without validation gain; the best validation checkpoint is kept.
+Differs from the paper: the images get the FixMatch weak augmentation (flip + small
+translation), which the paper does not specify for supervised training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from uslearn import augment, losses
+from uslearn.data.dataset import CLASSES, Dataset
+from uslearn.data.loader import load_batch
+from uslearn.strategies.common import MultilabelScoring, Rows, exam_sampler, sampled_rows, targets
+from uslearn.strategies.config import TrainConfig
+from uslearn.strategies.loop import Context
+
+
+class SupervisedStrategy(MultilabelScoring):
+    """Binary cross-entropy on labelled exam batches (Eq. 9)."""
+
+    keep = "best"
+    early_stopping = True
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, ctx: Context):
+        self.cfg, self.data, self.ctx = cfg, data, ctx
+        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
+        self.sampler = exam_sampler(data, self.rows.labelled, cfg.batch_exams, ctx)
+        self.heads = {"multilabel": len(CLASSES)}
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+
+    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield labelled batches: weakly augmented images and their multi-hot targets."""
+        for rows in sampled_rows(self.sampler, start_step):
+            images = load_batch(self.data.images, rows, device=self.ctx.device)
+            x = augment.weak_view(images, self.cfg.image_size, self.ctx.generator)
+            yield {"x": x, "y": targets(self.data, rows, self.ctx.device), "n_images": len(rows)}
+
+    def step(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the BCE loss of one batch (Eq. 9) and no extra logs."""
+        logits = model(batch["x"])["multilabel"]
+        return losses.multilabel_bce(logits.float(), batch["y"]), {}
+
+
+def build(cfg: TrainConfig, data: Dataset, ctx: Context) -> SupervisedStrategy:
+    """Return the supervised strategy for this run."""
+    return SupervisedStrategy(cfg, data, ctx)

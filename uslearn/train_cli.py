@@ -1,0 +1,155 @@
+"""``uslearn train``: one strategy, one dataset, one run; flags come from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from uslearn.config import load_yaml
+from uslearn.strategies.config import STRATEGY_NAMES, ClusteringConfig, FixMatchConfig, TrainConfig
+
+# Flags whose name in the issue/paper differs from the config field.
+ALIASES = {"image_size": ["--size"]}
+_SKIP = {"strategy", "workers"}
+
+
+def _config_fields() -> list[tuple[type, dataclasses.Field]]:
+    """Return every (config class, field) that ``uslearn train`` exposes as a flag."""
+    return [
+        (cls, f)
+        for cls in (TrainConfig, ClusteringConfig, FixMatchConfig)
+        for f in dataclasses.fields(cls)
+        if f.name not in _SKIP
+    ]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``uslearn train`` to the top-level parser."""
+    parser = sub.add_parser(
+        "train",
+        help="Train one strategy (pica, lsd, supervised, fixmatch_one, fixmatch_two) on a dataset directory.",
+        description=(
+            "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
+            "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
+            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out."
+        ),
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="dataset directory (e.g. made by 'uslearn data phantom')",
+    )
+    parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES)
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output directory for metrics, thresholds and checkpoints",
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of config keys (flags override it)")
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log one MLflow run (params, metrics, artifacts) to this tracking URI",
+    )
+    parser.add_argument(
+        "--experiment", default="uslearn-train", help="MLflow experiment name (with --mlflow)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from --out/checkpoint if it exists"
+    )
+    group = parser.add_argument_group(
+        "run configuration (defaults in parentheses; strategy-specific keys apply to their strategy only)"
+    )
+    fields = _config_fields()
+    hints: dict[str, typing.Any] = {}
+    for cls, f in fields:
+        hints.update(typing.get_type_hints(cls))
+        flag = "--" + f.name.replace("_", "-")
+        doc = f"{cls.__name__}.{f.name} ({f.default})"
+        if hints[f.name] is bool:
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc
+            )
+        else:
+            group.add_argument(flag, *ALIASES.get(f.name, []), dest=f.name, default=None, help=doc)
+    parser.set_defaults(func=_train, _config_fields=[f.name for _, f in fields])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from uslearn.errors import UserError
+    from uslearn.strategies import evaluation, resolved_config, run
+
+    config = load_yaml(args.config) if args.config else {}
+    config.update(
+        {
+            name: getattr(args, name)
+            for name in args._config_fields
+            if getattr(args, name) is not None
+        }
+    )
+    config["strategy"] = args.strategy
+    resolved = resolved_config(config)  # validates every key before any work starts
+    resume_from = (
+        args.out / "checkpoint"
+        if args.resume and (args.out / "checkpoint" / "checkpoint.pt").is_file()
+        else None
+    )
+    if args.resume and resume_from is None:
+        print(f"no checkpoint in {args.out / 'checkpoint'}: starting from scratch", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def show(metrics: dict[str, float], checkpoint: str | None) -> None:
+        print(
+            f"step {int(metrics['step']):>6}  loss {metrics.get('train/loss', float('nan')):.4f}  val F1 {metrics['val/f1_weighted']:.4f}",
+            file=sys.stderr,
+        )
+
+    if args.mlflow is None:
+        final = run(config, args.data, report=show, out_dir=args.out, resume_from=resume_from)
+    else:
+        import mlflow
+
+        from uslearn.data.dataset import Dataset
+
+        data = Dataset.open(args.data)
+        mlflow.set_tracking_uri(args.mlflow)
+        mlflow.set_experiment(args.experiment)
+        with mlflow.start_run(run_name=f"{args.strategy}-seed{resolved['seed']}"):
+            mlflow.log_params({**resolved, "dataset_fingerprint": data.fingerprint})
+
+            def log(metrics: dict[str, float], checkpoint: str | None) -> None:
+                show(metrics, checkpoint)
+                mlflow.log_metrics(metrics, step=int(metrics["step"]))
+
+            final = run(config, data, report=log, out_dir=args.out, resume_from=resume_from)
+            mlflow.log_metrics(final)
+            for name in (
+                "metrics.json",
+                "config.json",
+                "thresholds.json",
+                "per_class.csv",
+                "cluster_labels.csv",
+                "best.pt",
+            ):
+                if (args.out / name).is_file():
+                    mlflow.log_artifact(str(args.out / name))
+    import pandas as pd
+
+    report = pd.read_csv(args.out / "per_class.csv", index_col="class")
+    print(evaluation.format_report(report))
+    print(
+        json.dumps(
+            {k: round(v, 4) for k, v in final.items() if "/" not in k or k.count("/") == 1},
+            indent=1,
+        )
+    )
+    print(f"outputs in {args.out}")
+    if not final:
+        raise UserError("training returned no metrics")
+    return 0
