@@ -1,0 +1,335 @@
+"""One study → every figure and table its runs allow, and a self-contained HTML report.
+
+What applies is read from the runs, not from the study's name: a parameter that takes several
+values within a strategy gets a sensitivity plot (λ is Fig. 5), PICA/LSD runs give Table 1,
+label fractions with two or more arms give Fig. 6, fine-tuned or semi-supervised runs give
+Table 2, arms sharing seeds give paired tests, and a clustering checkpoint plus a dataset give
+the t-SNE figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures, stats, tables, tsne
+from analysis.runs import load, parent_run
+from uslearn.log import get_logger
+
+log = get_logger(__name__)
+
+SWEEPS = ("lam", "alpha", "tau", "lambda_u")
+# Held at their most frequent value within a strategy while another one is plotted.
+HELD = (*SWEEPS, "label_fraction", "init_kind")
+SWEEP_TITLES = {"lam": "Fig. 5: weighted F1 against λ over seeds (PICA vs LSD)"}
+DATASET_PARAMS = ("dataset", "data", "data_dir", "dataset_path")
+
+
+@dataclass
+class Section:
+    """A figure or table of the report: its title, caption, files and (for tables) its frame."""
+
+    title: str
+    caption: str
+    files: list[Path]
+    table: pd.DataFrame | None = None
+    decimals: int = 2
+
+
+@dataclass
+class Report:
+    """What ``build_report`` wrote: the HTML file, its sections and notes on what was skipped."""
+
+    html: Path
+    sections: list[Section] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def hold_fixed(runs: pd.DataFrame, vary: str) -> tuple[pd.DataFrame, list[str]]:
+    """Return ``runs`` with every ``HELD`` column except ``vary`` at one value per strategy.
+
+    Returns:
+        The kept runs and one line per held column that took several values (what was kept).
+    """
+    kept, held = [], []
+    for strategy, group in runs.groupby("strategy", sort=False):
+        for col in HELD:
+            if col == vary or col not in group or group[col].nunique() < 2:
+                continue
+            value = group[col].value_counts().index[0]
+            group = group[group[col] == value]
+            held.append(f"{figures.arm_name(strategy)}: {col} held at {value}")
+        kept.append(group)
+    return pd.concat(kept), held
+
+
+def select_best(runs: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Return the best run by validation weighted F1 (test weighted F1 if none) and the metric."""
+    metric = "val/f1_weighted" if runs.get("val/f1_weighted", pd.Series()).notna().any() else None
+    metric = metric or stats.METRIC
+    return runs.loc[runs[metric].idxmax()], metric
+
+
+def build_report(
+    study: str,
+    out_dir: str | Path,
+    tracking_uri: str | None = None,
+    *,
+    method: str = "t",
+    level: float = 0.95,
+    invocation: str = "latest",
+    checkpoint: str | Path | None = None,
+    dataset: str | Path | None = None,
+    log_to_mlflow: bool = True,
+) -> Report:
+    """Write the study's figures (PNG + PDF), tables (CSV, Markdown, LaTeX) and ``report.html``.
+
+    Args:
+        study: the study name (``study`` tag of its runs).
+        out_dir: directory for every file.
+        method, level: confidence interval of Fig. 6 and the summary (``"t"``/``"bootstrap"``).
+        invocation: which parent run (see ``analysis.runs.load``).
+        checkpoint, dataset: inputs of the t-SNE figure; by default the best clustering run's
+            ``.pt`` artifact and the dataset path it logged, when both can be found.
+        log_to_mlflow: log ``out_dir`` to the parent run as artifacts under ``report/``.
+
+    Returns:
+        The ``Report`` (HTML path, sections, notes).
+
+    Raises:
+        UserError: the study has no runs, or a metric a figure or table needs is missing.
+    """
+    stats.method_text(method, level)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = load(study, tracking_uri=tracking_uri, invocation=invocation)
+    parent = parent_run(frame, tracking_uri)
+    report = Report(html=out / "report.html")
+    add = report.sections.append
+    for param in SWEEPS:
+        if param not in frame:
+            continue
+        swept = frame.groupby("strategy")[param].nunique()
+        runs = frame[frame["strategy"].isin(swept[swept > 1].index)]
+        if runs.empty:
+            continue
+        runs, held = hold_fixed(runs, param)
+        title = SWEEP_TITLES.get(param, f"Sensitivity to {figures.PARAM_LABELS.get(param, param)}")
+        fig = figures.sweep_boxplot(runs, param, title=title.split(": ", 1)[-1])
+        stem = "fig5_lambda" if param == "lam" else f"fig_{param}_sensitivity"
+        caption = "Boxes: quartiles over seeds; points: one run each. " + "; ".join(held)
+        add(Section(title, caption, figures.save(fig, out, stem)))
+    panels = figures.fig6_panels(frame)
+    if panels:
+        panels = [(t, hold_fixed(r, "label_fraction")[0]) for t, r in panels]
+        fig = figures.fraction_plot(panels, method=method, level=level)
+        caption = f"{stats.method_text(method, level)}; colour = method, line style = init."
+        add(
+            Section(
+                "Fig. 6: weighted F1 against label fraction",
+                caption,
+                figures.save(fig, out, "fig6_label_fraction"),
+            )
+        )
+    if frame["strategy"].isin(["pica", "lsd"]).any():
+        table = tables.table1(frame)
+        _, which = tables.clustering_selection(frame)
+        caption = f"Table 1: PICA vs LSD on the test set (%), best (per cell) and mean over trials; {which}."
+        add(Section("Table 1", caption, tables.write_table(table, out, "table1", caption), table))
+    if (~frame["strategy"].isin(["pica", "lsd"])).any():
+        candidates = frame[~frame["strategy"].isin(["pica", "lsd"])]
+        _, metric = select_best(candidates)
+        table, run = tables.table2(candidates, select_by=metric)
+        caption = f"Table 2: best model by {metric}: {tables.describe_run(run)}."
+        add(Section("Table 2", caption, tables.write_table(table, out, "table2", caption), table))
+    summary = _summary(frame, method, level)
+    caption = f"Every arm of the study: {stats.method_text(method, level)} of the test weighted F1."
+    add(
+        Section(
+            "Summary", caption, tables.write_table(summary, out, "summary", caption, 4), summary, 4
+        )
+    )
+    paired = stats.standard_comparisons(frame, skipped=report.notes)
+    if not paired.empty:
+        caption = (
+            "Paired comparisons across seeds (a − b of test weighted F1): paired t-test, "
+            "Wilcoxon signed-rank, Cohen's d_z and rank-biserial r."
+        )
+        paired = paired.set_index(["comparison", "group"])
+        add(
+            Section(
+                "Paired comparisons",
+                caption,
+                tables.write_table(paired, out, "paired", caption, 4),
+                paired,
+                4,
+            )
+        )
+    _tsne_section(frame, out, checkpoint, dataset, tracking_uri, report)
+    report.html.write_text(
+        render_html(study, frame, parent, report, tracking_uri), encoding="utf-8"
+    )
+    if log_to_mlflow:
+        from mlflow.tracking import MlflowClient
+
+        from uslearn.paths import default_tracking_uri
+
+        client = MlflowClient(tracking_uri or default_tracking_uri())
+        client.log_artifacts(parent["run_id"], str(out), artifact_path="report")
+    log.info("report for study '%s' written to %s", study, report.html)
+    return report
+
+
+def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
+    """Return mean and CI of test weighted F1 per arm (strategy, init and every swept param)."""
+    keys = [
+        "strategy",
+        *[
+            c
+            for c in ("init_kind", "label_fraction", *SWEEPS)
+            if c in frame and frame[c].nunique() > 1
+        ],
+    ]
+    data = frame.assign(**{c: frame[c].astype(object).fillna("–") for c in keys})
+    return stats.summarize(data, keys, method=method, level=level).set_index(keys)
+
+
+def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, report: Report) -> None:
+    """Add the t-SNE figure when a clustering checkpoint and a dataset are at hand."""
+    clustering = frame[frame["strategy"].isin(["pica", "lsd"])]
+    if checkpoint is None and dataset is None and clustering.empty:
+        return
+    run = select_best(clustering)[0] if not clustering.empty else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is None and run is not None:
+            checkpoint = _find_checkpoint(run, tracking_uri, Path(tmp))
+        if dataset is None and run is not None:
+            dataset = next(
+                (
+                    run[p]
+                    for p in DATASET_PARAMS
+                    if isinstance(run.get(p), str) and Path(run[p]).is_dir()
+                ),
+                None,
+            )
+        if checkpoint is None or dataset is None:
+            report.notes.append(
+                "t-SNE (Fig. 2 right) left out: pass --checkpoint and --dataset to draw it"
+            )
+            return
+        size = run.get("image_size") if run is not None else None
+        feats, clusters, labels = tsne.extract_features(
+            checkpoint, dataset, image_size=None if pd.isna(size) else int(size)
+        )
+    fig = tsne.tsne_figure(tsne.embed(feats), clusters, labels)
+    caption = f"t-SNE of the backbone features of test images; checkpoint {Path(checkpoint).name}."
+    report.sections.append(
+        Section(
+            "Fig. 2 (right): t-SNE of learned features",
+            caption,
+            figures.save(fig, out, "fig2_tsne"),
+        )
+    )
+
+
+def _find_checkpoint(run: pd.Series, tracking_uri: str | None, tmp: Path) -> Path | None:
+    """Return a local copy of the run's first ``.pt`` artifact, or None if it logged none."""
+    from mlflow.tracking import MlflowClient
+
+    from uslearn.paths import default_tracking_uri
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    pending = [None]
+    while pending:
+        for item in client.list_artifacts(run["run_id"], pending.pop()):
+            if item.is_dir:
+                pending.append(item.path)
+            elif item.path.endswith(".pt"):
+                return Path(client.download_artifacts(run["run_id"], item.path, str(tmp)))
+    return None
+
+
+def render_html(
+    study: str, frame: pd.DataFrame, parent: dict, report: Report, tracking_uri: str | None
+) -> str:
+    """Return the self-contained HTML report: run facts, config, figures (base64 PNG), tables."""
+    esc = html.escape
+    shas = sorted(set(frame["git_sha"].dropna())) or [parent["tags"].get("git_sha", "unknown")]
+    prints = (
+        sorted(set(frame["dataset_fingerprint"].dropna())) if "dataset_fingerprint" in frame else []
+    )
+    facts = {
+        "study": study,
+        "parent run": parent["run_id"],
+        "trials": f"{len(frame)} finished child runs",
+        "git sha": ", ".join(shas),
+        "uslearn version": parent["tags"].get("uslearn_version", "unknown"),
+        "dataset fingerprint": ", ".join(prints) or "not logged",
+        "tracking URI": tracking_uri or "default",
+        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if len(shas) > 1 or len(prints) > 1:
+        report.notes.append(
+            "runs differ in git sha or dataset fingerprint: check they are comparable"
+        )
+    body = [f"<h1>Study report: {esc(study)}</h1>", _dl(facts)]
+    body += [
+        "<h2>Study configuration (parent run params)</h2>",
+        _dl(parent["params"]) or "<p>none logged</p>",
+    ]
+    constant = {
+        c: frame[c].iloc[0] for c in _param_columns(frame) if frame[c].nunique(dropna=False) == 1
+    }
+    body += ["<h2>Settings shared by every trial</h2>", _dl(constant)]
+    for section in report.sections:
+        body.append(f"<h2>{esc(section.title)}</h2>")
+        png = next((p for p in section.files if p.suffix == ".png"), None)
+        if png is not None:
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            body.append(
+                f'<figure><img alt="{esc(section.title)}" src="data:image/png;base64,{data}">'
+            )
+            body.append(f"<figcaption>{esc(section.caption)}</figcaption></figure>")
+        if section.table is not None:
+            cells = tables.formatted(section.table, section.decimals)
+            body.append(f"<p>{esc(section.caption)}</p>" + cells.to_html(na_rep=""))
+        files = ", ".join(p.name for p in section.files)
+        body.append(f"<p class='files'>files: {esc(files)}</p>")
+    if report.notes:
+        body += ["<h2>Notes</h2><ul>", *[f"<li>{esc(n)}</li>" for n in report.notes], "</ul>"]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "img{max-width:100%}table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}dt{font-weight:bold}"
+        "dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}.files{color:#777;font-size:12px}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(study)} report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def _param_columns(frame: pd.DataFrame) -> list[str]:
+    ids = {
+        "run_id",
+        "run_name",
+        "parent_run_id",
+        "experiment_id",
+        "status",
+        "start_time",
+        "artifact_uri",
+    }
+    return [c for c in frame.columns if c not in ids and "/" not in c and c != "best_step"]
+
+
+def _dl(items: dict) -> str:
+    rows = "".join(
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items()
+    )
+    return f"<dl>{rows}</dl>" if rows else ""

@@ -1,0 +1,244 @@
+"""Table 1 (PICA vs LSD, per class, best and mean over trials) and Table 2 (the best model, per
+class), as frames and as CSV, Markdown and LaTeX files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.figures import STRATEGY_NAMES, arm_name
+from analysis.runs import require_metrics
+from uslearn.data.dataset import CLASSES
+from uslearn.errors import UserError
+from uslearn.log import get_logger
+
+log = get_logger(__name__)
+
+ROW_METRICS = {"F1-score": "f1", "Precision": "precision", "Recall": "recall"}
+WEIGHTED = "weighted avg"
+N_LABELS = "n_labels"
+_LATEX_SYMBOLS = {"λ": r"$\lambda$", "α": r"$\alpha$", "τ": r"$\tau$", "%": r"\%"}
+
+
+def class_name(cls: str) -> str:
+    """Return a class's display name (``gallbladder`` → ``Gallbladder``)."""
+    return cls.capitalize()
+
+
+def _columns(metric: str) -> list[str]:
+    """Return the per-class columns of ``metric`` in class order, then the weighted one."""
+    return [f"test/{metric}/{c}" for c in CLASSES] + [f"test/{metric}_weighted"]
+
+
+def _modal(values: pd.Series, prefer: float) -> float:
+    """Return the most frequent value; ties go to the one closest to ``prefer``."""
+    counts = values.value_counts()
+    best = counts[counts == counts.max()].index
+    return float(min(best, key=lambda v: (abs(v - prefer), v)))
+
+
+def clustering_selection(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Return the PICA/LSD runs Table 1 compares and a caption fragment saying which.
+
+    When λ (or LSD's α) was swept, the most frequent value is kept (ties: the one nearest the
+    paper's λ = 2, α = the smallest), so each arm's trials differ only by seed.
+
+    Raises:
+        UserError: if there is no PICA or LSD run.
+    """
+    runs = frame[frame["strategy"].isin(["pica", "lsd"])] if "strategy" in frame else frame[:0]
+    if runs.empty:
+        raise UserError("Table 1 needs PICA or LSD runs; this study has none")
+    parts = []
+    if "lam" in runs and runs["lam"].notna().any():
+        lam = _modal(runs["lam"].dropna(), prefer=2.0)
+        runs = runs[runs["lam"] == lam]
+        parts.append(f"λ = {lam:g}")
+    lsd = runs["strategy"] == "lsd"
+    if "alpha" in runs and runs.loc[lsd, "alpha"].nunique() > 1:
+        alpha = _modal(runs.loc[lsd, "alpha"].dropna(), prefer=0.0)
+        runs = runs[~lsd | (runs["alpha"] == alpha)]
+        parts.append(f"LSD α = {alpha:g}")
+    counts = runs.groupby("strategy").size()
+    parts.append(", ".join(f"{STRATEGY_NAMES[s]}: {n} trials" for s, n in counts.items()))
+    return runs, "; ".join(parts)
+
+
+def n_labels(frame: pd.DataFrame) -> pd.Series | None:
+    """Return the test-set label count per class and in total, from ``test/support/<class>``.
+
+    Returns:
+        A series indexed by class then ``weighted avg`` (the total), or None when no run logged
+        supports. Runs that disagree (different test sets) are reported and the most common
+        count is used.
+    """
+    cols = [f"test/support/{c}" for c in CLASSES]
+    if not set(cols) <= set(frame):
+        log.warning("no test/support/<class> metrics: the n_labels row is left out")
+        return None
+    supports = frame[cols].dropna()
+    if supports.empty:
+        return None
+    if (supports.nunique() > 1).any():
+        log.warning("runs report different test supports: they used different test sets")
+    counts = supports.mode().iloc[0].astype(int)
+    return pd.Series([*counts, counts.sum()], index=[*CLASSES, WEIGHTED])
+
+
+def table1(frame: pd.DataFrame, best: str = "cell", scale: float = 100.0) -> pd.DataFrame:
+    """Return Table 1: per-class F1/precision/recall of PICA vs LSD, best and mean over trials.
+
+    Args:
+        frame: runs from ``analysis.runs.load`` (the PICA/LSD runs are selected with
+            ``clustering_selection``).
+        best: ``"cell"`` takes each cell's maximum over trials (the paper's Table 1, where a
+            class's best F1, precision and recall can come from different trials); ``"run"``
+            takes the whole row from the trial with the best test weighted F1.
+        scale: multiplier of the scores (100 gives percent, as in the paper).
+
+    Returns:
+        Rows (metric, loss) plus an ``n_labels`` row; columns (class or ``weighted avg``,
+        ``Best``/``Mean``).
+
+    Raises:
+        UserError: if there is no PICA/LSD run or a per-class metric is missing.
+    """
+    if best not in ("cell", "run"):
+        raise UserError(f"best must be 'cell' or 'run', not '{best}'")
+    runs, _ = clustering_selection(frame)
+    names = [class_name(c) for c in CLASSES] + [WEIGHTED]
+    columns = pd.MultiIndex.from_product([names, ["Best", "Mean"]])
+    rows, index = [], []
+    for label, metric in ROW_METRICS.items():
+        require_metrics(runs, _columns(metric), "Table 1")
+        for strategy in ("lsd", "pica"):
+            arm = runs[runs["strategy"] == strategy]
+            if arm.empty:
+                continue
+            values = arm[_columns(metric)].to_numpy(dtype=float) * scale
+            if best == "cell":
+                top = values.max(axis=0)
+            else:
+                top = values[int(np.argmax(arm["test/f1_weighted"].to_numpy()))]
+            rows.append(np.column_stack([top, values.mean(axis=0)]).ravel())
+            index.append((label, STRATEGY_NAMES[strategy]))
+    table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index), columns=columns)
+    counts = n_labels(runs)
+    if counts is not None:
+        table.loc[(N_LABELS, ""), :] = np.ravel([[n, np.nan] for n in counts])
+    return table
+
+
+def table2(
+    frame: pd.DataFrame, select_by: str = "val/f1_weighted"
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Return Table 2 (the best run's per-class F1, precision, recall, n_labels) and that run.
+
+    The best run is the one with the highest ``select_by`` among runs that logged per-class
+    metrics; selecting on validation keeps the test set out of model selection.
+
+    Raises:
+        UserError: if ``select_by`` or a per-class metric of the chosen run is missing.
+    """
+    runs = frame.dropna(subset=[c for c in _columns("f1") if c in frame])
+    require_metrics(frame, [select_by], "Table 2")
+    if runs.empty or not set(_columns("f1")) <= set(frame):
+        raise UserError("Table 2 needs runs that logged test/f1/<class> for every class")
+    run = runs.loc[runs[select_by].idxmax()]
+    names = [class_name(c) for c in CLASSES] + [WEIGHTED]
+    rows = {}
+    for label, metric in ROW_METRICS.items():
+        require_metrics(run.to_frame().T, _columns(metric), "Table 2")
+        rows[label] = run[_columns(metric)].to_numpy(dtype=float)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=names)
+    counts = n_labels(run.to_frame().T)
+    if counts is not None:
+        table.loc[N_LABELS] = counts.to_numpy(dtype=float)
+    return table, run
+
+
+def describe_run(run: pd.Series) -> str:
+    """Return a one-line description of a run: arm, fraction, seed, id."""
+    parts = [arm_name(run.get("strategy", "?"), run.get("init_kind"))]
+    if pd.notna(run.get("label_fraction", np.nan)):
+        parts.append(f"{run['label_fraction'] * 100:g} % labels")
+    if pd.notna(run.get("seed", np.nan)):
+        parts.append(f"seed {run['seed']}")
+    return ", ".join(parts) + f" (run {run['run_id']})"
+
+
+def _cell(value: object, decimals: int) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return ""
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return str(value)
+    return f"{float(value):.{decimals}f}"
+
+
+def _flat(labels: object) -> str:
+    return " ".join(str(p) for p in labels if p != "") if isinstance(labels, tuple) else str(labels)
+
+
+def formatted(
+    table: pd.DataFrame, decimals: int, integer_rows: tuple[str, ...] = (N_LABELS,)
+) -> pd.DataFrame:
+    """Return ``table`` as strings: ``decimals`` places, counts of ``integer_rows`` as integers."""
+    out = table.astype(object).copy()
+    for key in table.index:
+        first = key[0] if isinstance(key, tuple) else key
+        places = 0 if first in integer_rows else decimals
+        out.loc[key] = [_cell(v, places) for v in table.loc[key]]
+    return out
+
+
+def to_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
+    """Return ``table`` as a GitHub Markdown table (multi-level labels joined by spaces)."""
+    cells = formatted(table, decimals)
+    header = ["", *[_flat(c) for c in cells.columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in cells.iterrows():
+        lines.append("| " + " | ".join([_flat(key), *map(str, row)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame, caption: str, label: str, decimals: int = 2) -> str:
+    """Return ``table`` as a LaTeX ``table`` environment (booktabs rules, multicolumn headers)."""
+    cells = formatted(table, decimals)
+    cells.index = cells.index.map(
+        lambda k: tuple(_latex(str(p)) for p in k) if isinstance(k, tuple) else _latex(str(k))
+    )
+    cells.columns = cells.columns.map(
+        lambda k: tuple(_latex(str(p)) for p in k) if isinstance(k, tuple) else _latex(str(k))
+    )
+    latex = cells.to_latex(
+        escape=False, multicolumn=True, multicolumn_format="c", caption=_latex(caption), label=label
+    )
+    return latex
+
+
+def _latex(text: str) -> str:
+    text = text.replace("_", r"\_")
+    for symbol, command in _LATEX_SYMBOLS.items():
+        text = text.replace(symbol, command)
+    return text
+
+
+def write_table(
+    table: pd.DataFrame, out_dir: str | Path, stem: str, caption: str, decimals: int = 2
+) -> list[Path]:
+    """Write ``table`` as ``<stem>.csv`` (full precision), ``.md`` and ``.tex``; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flat = table.copy()
+    flat.columns = [_flat(c) for c in flat.columns]
+    flat.index = [_flat(k) for k in flat.index]
+    paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
+    flat.to_csv(paths[0], index_label="row")
+    paths[1].write_text(f"{caption}\n\n{to_markdown(table, decimals)}", encoding="utf-8")
+    paths[2].write_text(to_latex(table, caption, f"tab:{stem}", decimals), encoding="utf-8")
+    return paths

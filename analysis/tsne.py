@@ -1,0 +1,196 @@
+"""t-SNE of a clustering model's backbone features on test images (Fig. 2 right), coloured by
+the cluster each image is assigned to and by its true label combination.
+
+torch is imported only inside ``extract_features``, so the rest of ``analysis`` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from uslearn.data.dataset import CLASSES  # noqa: E402
+from uslearn.errors import UserError  # noqa: E402
+from uslearn.log import get_logger  # noqa: E402
+
+log = get_logger(__name__)
+
+CLUSTER_HEAD = "cluster"
+RARE = "rarer combinations"
+_WRAPPERS = ("module.", "_orig_mod.")
+
+
+def extract_features(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    split: str = "test",
+    image_size: int | None = None,
+    batch_size: int = 128,
+    max_images: int | None = 2000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return backbone features, assigned clusters and labels of a dataset split.
+
+    Args:
+        checkpoint: a ``.pt`` file (or a directory with ``best.pt``/``checkpoint.pt``) holding a
+            dict whose ``"model"`` entry is a ``uslearn.models.Network`` state dict with a
+            ``cluster`` head; its head sizes and stem are read from the state dict.
+        dataset: a dataset directory (``Dataset.open``).
+        split: which split's images to embed.
+        image_size: resize images to this side before the network (the size it was trained
+            at); None keeps the dataset's size.
+        max_images: a random subset of at most this many images (t-SNE is O(N log N) but slow
+            beyond a few thousand points); None keeps all.
+        seed: seed of that subset.
+
+    Returns:
+        ``(features (N, 512) float32, clusters (N,) int, labels (N, C) int8)``.
+
+    Raises:
+        UserError: unreadable checkpoint, no ``cluster`` head, or an empty split.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from uslearn.data.dataset import Dataset
+    from uslearn.models import Network, checkpoint_file
+
+    file = checkpoint_file(checkpoint)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise UserError(f"{file}: cannot be read as a torch file ({exc})") from exc
+    state = payload.get("model") if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{file}: expected a dict with a 'model' state dict")
+    state = {_unwrap(k): v for k, v in state.items()}
+    heads = {
+        k.split(".")[1]: int(v.shape[0])
+        for k, v in state.items()
+        if k.startswith("heads.") and k.endswith(".weight")
+    }
+    if CLUSTER_HEAD not in heads:
+        raise UserError(f"{file}: its model has heads {sorted(heads)}, no '{CLUSTER_HEAD}' head")
+    conv1 = state.get("backbone.conv1.weight")
+    stem = "gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat"
+    network = Network(heads, stem=stem)
+    network.load_state_dict(state)
+    network.eval()
+
+    data = Dataset.open(dataset)
+    rows = data.indices(split)
+    if len(rows) == 0:
+        raise UserError(f"{dataset}: split '{split}' has no images")
+    if max_images is not None and len(rows) > max_images:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_images, replace=False))
+    feats, clusters = [], []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            block = rows[start : start + batch_size]
+            x = torch.from_numpy(np.asarray(data.images[block])).float().div(255.0)[:, None]
+            if image_size is not None and image_size != x.shape[-1]:
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+            f = network.features(x)  # (B, 512)
+            feats.append(f.numpy())
+            clusters.append(network.head(f)[CLUSTER_HEAD].argmax(1).numpy())
+    return np.concatenate(feats), np.concatenate(clusters), data.labels[rows]
+
+
+def _unwrap(key: str) -> str:
+    for prefix in _WRAPPERS:
+        while key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def embed(features: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """Return the (N, 2) t-SNE embedding of ``features`` (PCA-initialised, seeded).
+
+    The perplexity is lowered to (N − 1) / 3 for small N, where scikit-learn would refuse it.
+
+    Raises:
+        UserError: fewer than 4 points.
+    """
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    if n < 4:
+        raise UserError(f"t-SNE needs at least 4 images, got {n}")
+    perplexity = min(perplexity, (n - 1) / 3)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(np.asarray(features, dtype=np.float32))
+
+
+def combination_names(labels: np.ndarray) -> np.ndarray:
+    """Return each multi-hot row's label combination as text (``liver + kidney``).
+
+    Rows with no positive class read ``none``; unlabelled rows (-1) read ``unlabelled``.
+    """
+    names = []
+    for row in np.asarray(labels):
+        if (row < 0).any():
+            names.append("unlabelled")
+        else:
+            names.append(" + ".join(c for c, v in zip(CLASSES, row) if v > 0) or "none")
+    return np.array(names, dtype=object)
+
+
+def tsne_figure(
+    embedding: np.ndarray, clusters: np.ndarray, labels: np.ndarray, max_legend: int = 10
+) -> plt.Figure:
+    """Return the two-panel t-SNE figure: left by assigned cluster, right by true combination.
+
+    The ``max_legend`` most frequent combinations get their own colour and legend entry; the
+    rest are drawn in grey as ``rarer combinations`` so the legend stays readable.
+    """
+    combos = combination_names(labels)
+    names, counts = np.unique(combos, return_counts=True)
+    top = list(names[np.argsort(-counts, kind="stable")][:max_legend])
+    shown = np.where(np.isin(combos, top), combos, RARE)
+    order = top + ([RARE] if (shown == RARE).any() else [])
+    palette = dict(zip(top, sns.color_palette("tab10" if len(top) <= 10 else "husl", len(top))))
+    palette[RARE] = (0.75, 0.75, 0.75)
+
+    ids = np.unique(clusters)
+    cluster_palette = dict(zip(ids, sns.color_palette("husl", len(ids))))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.8))
+    for cluster in ids:
+        mask = clusters == cluster
+        left.scatter(*embedding[mask].T, s=9, color=cluster_palette[cluster], label=f"{cluster}")
+    left.set_title(f"Coloured by assigned cluster (K used = {len(ids)})")
+    if len(ids) <= 20:
+        left.legend(
+            title="cluster",
+            fontsize="x-small",
+            markerscale=2,
+            ncols=2,
+            frameon=False,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+        )
+    for name in order:
+        mask = shown == name
+        right.scatter(*embedding[mask].T, s=9, color=palette[name], label=f"{name} ({mask.sum()})")
+    right.set_title("Coloured by true label combination")
+    right.legend(
+        fontsize="x-small",
+        markerscale=2,
+        frameon=False,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+    )
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+    fig.suptitle(f"t-SNE of backbone features, {len(embedding)} test images")
+    fig.tight_layout()
+    return fig
