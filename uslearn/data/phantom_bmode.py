@@ -1,0 +1,247 @@
+"""B-mode image formation for the phantom, batched in torch.
+
+The chain follows a real scanner, in polar (depth x scan line) coordinates of a convex probe:
+
+1. tissue maps (echogenicity, attenuation, specular walls) from the anatomy slots;
+2. scatterers: one complex reflectivity per resolution cell, random phase (a scatterer at a
+   random sub-cell position) and amplitude from the echogenicity, with a log-normal factor
+   where the tissue is heterogeneous (few strong scatterers -> non-Rayleigh speckle);
+3. the point-spread function: a short axial pulse and a lateral beam that is narrow at the
+   focus and widens above and below it (two lateral kernels blended by depth);
+4. depth attenuation accumulated along each scan line (so fluid leaves posterior enhancement
+   and bone/gas leave shadows), time-gain compensation tuned for average soft tissue,
+   electronic noise, then the envelope;
+5. log compression to the scanner's dynamic range and grey map;
+6. scan conversion to the sector (black outside), the burned-in overlay, resizing, 8 bits.
+
+Uses one torch thread when called by the generator, so results do not depend on threading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uslearn.data.phantom_anatomy import ORGANS, tissue_maps
+from uslearn.data.phantom_overlay import Layout, overlay
+
+# Per-image scanner, patient and frame settings (one float each, in this order).
+PARAMS: tuple[str, ...] = (
+    "radius",  # convex probe radius (cm)
+    "depth",  # imaging depth (cm)
+    "half_angle",  # half the sector angle (radians)
+    "freq",  # centre frequency (MHz): attenuation and beam width
+    "focus",  # focal depth (cm)
+    "gain",  # level shown white (dB re liver speckle)
+    "dyn_range",  # displayed dynamic range (dB)
+    "gamma",  # grey map exponent (vendor "tint")
+    "tgc_err",  # TGC slope error (dB/cm/MHz) vs the tissue's true attenuation
+    "tgc_mid",  # TGC slider offsets at mid and full depth (dB)
+    "tgc_deep",
+    "noise_db",  # electronic noise level (dB re liver speckle at 0 dB net gain)
+    "skin",  # body wall layers (cm): skin, subcutaneous fat, muscle
+    "fat",
+    "muscle",
+    "fat_echo",  # echo offset of the subcutaneous fat (dB)
+    "haze",  # near-field reverberation amplitude
+    "fan_w",  # fraction of the frame width and height the sector spans
+    "fan_h",
+    "top",  # top margin (fraction of the frame height)
+    "xc",  # horizontal position of the sector's axis (fraction of the width)
+)
+P = {name: i for i, name in enumerate(PARAMS)}
+# Beyond this loss (dB) relative to average tissue a region counts as shadowed, i.e. unseen.
+SHADOW_DB = 20.0
+_AXIAL = 0.8  # axial PSF sigma (polar samples)
+_LATERAL = (0.9, 2.6)  # lateral PSF sigma at the focus and far from it (scan lines)
+
+
+def internal_size(size: int) -> int:
+    """Return the side of the internal frame: small outputs are drawn at 2x and averaged down."""
+    return max(size, min(2 * size, 128))
+
+
+@dataclass
+class Rendered:
+    """A rendered batch.
+
+    Attributes:
+        images: (B, size, size) uint8 frames.
+        visible: (B, len(ORGANS)) visible, unshadowed fraction of the sector each organ covers.
+        masks: (B, len(ORGANS), size, size) bool organ masks, only when asked for.
+    """
+
+    images: np.ndarray
+    visible: np.ndarray
+    masks: np.ndarray | None = None
+
+
+def _gauss(sigma: float) -> torch.Tensor:
+    radius = int(np.ceil(2.5 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _polar_grid(p: torch.Tensor, rows: int, cols: int):
+    """Return x, z, depth (B, rows, cols) in cm of a polar grid's cell centres."""
+    radius, depth, half = p[:, P["radius"]], p[:, P["depth"]], p[:, P["half_angle"]]
+    fr = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
+    ft = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols * 2 - 1
+    d = depth[:, None, None] * fr[None, :, None]  # (B, rows, 1)
+    theta = half[:, None, None] * ft[None, None, :]  # (B, 1, cols)
+    r = radius[:, None, None] + d
+    x = r * torch.sin(theta)
+    z = r * torch.cos(theta) - radius[:, None, None]
+    return x, z, d.expand_as(x).contiguous()
+
+
+def _frame_grid(p: torch.Tensor, size: int) -> torch.Tensor:
+    """Return the (B, size, size, 2) grid_sample coordinates of each frame pixel in the polar image."""
+    radius, depth, half = (p[:, P[k], None, None] for k in ("radius", "depth", "half_angle"))
+    fan_w, fan_h, top, xc = (p[:, P[k], None, None] for k in ("fan_w", "fan_h", "top", "xc"))
+    z_top = radius * (torch.cos(half) - 1)
+    frame_h = (depth - z_top) / fan_h
+    frame_w = 2 * (radius + depth) * torch.sin(half) / fan_w
+    f = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    x = (f[None, None, :] - xc) * frame_w
+    z = z_top - top * frame_h + f[None, :, None] * frame_h
+    r = torch.sqrt(x * x + (z + radius) ** 2)
+    theta = torch.atan2(x, z + radius)
+    return torch.stack([theta / half, 2 * (r - radius) / depth - 1], dim=-1)
+
+
+def _frame_pixels(p: np.ndarray, size: int, x: float, z: float) -> tuple[int, int]:
+    """Return the (row, col) pixel of physical point (x, z) cm in a frame with settings p."""
+    radius, depth, half = p[P["radius"]], p[P["depth"]], p[P["half_angle"]]
+    z_top = radius * (np.cos(half) - 1)
+    frame_h = (depth - z_top) / p[P["fan_h"]]
+    frame_w = 2 * (radius + depth) * np.sin(half) / p[P["fan_w"]]
+    col = (x / frame_w + p[P["xc"]]) * size
+    row = (z - z_top + p[P["top"]] * frame_h) / frame_h * size
+    return int(np.floor(row)), int(np.floor(col))
+
+
+def frame_overlay(p: np.ndarray, size: int, layout: Layout, lines: list[str]) -> np.ndarray:
+    """Return the (size, size) overlay of one frame: text, depth ruler at 1 cm, focus marker."""
+    radius, depth, half = p[P["radius"]], p[P["depth"]], p[P["half_angle"]]
+    edge_x = (radius + depth) * np.sin(half)
+    side = -1.0 if layout.ruler_left else 1.0
+    _, col = _frame_pixels(p, size, side * edge_x, 0.0)
+    col += int(side * max(2, size // 64))
+    rows = np.array([_frame_pixels(p, size, 0.0, cm)[0] for cm in range(int(depth) + 1)])
+    focus_row, _ = _frame_pixels(p, size, 0.0, p[P["focus"]])
+    top = _frame_pixels(p, size, -radius * np.sin(half), radius * (np.cos(half) - 1))
+    return overlay(size, layout, lines, col, rows, focus_row, top)
+
+
+def render(
+    slots: np.ndarray,
+    params: np.ndarray,
+    overlays: list[tuple[Layout, list[str]]],
+    size: int,
+    generator: torch.Generator,
+    with_masks: bool = False,
+) -> Rendered:
+    """Return B-mode frames of a batch of scenes.
+
+    Args:
+        slots: (B, K, F) anatomy slots (``phantom_anatomy``).
+        params: (B, len(PARAMS)) settings.
+        overlays: per frame, the vendor layout and the settings text lines.
+        size: output side (pixels).
+        generator: torch generator for the speckle and the texture fields.
+        with_masks: also return the organ masks (for tests and galleries).
+    """
+    p = torch.as_tensor(params, dtype=torch.float32)
+    slot_t = torch.as_tensor(slots, dtype=torch.float32)
+    batch = p.shape[0]
+    side = internal_size(size)
+    n_r, n_t = side, int(round(0.75 * side))
+    a_r, a_t = n_r // 2, n_t // 2
+    x, z, d = _polar_grid(p, a_r, a_t)
+    depth = p[:, P["depth"]]
+    coarse = torch.randn(batch, 1, 7, 6, generator=generator)
+    texture = F.interpolate(coarse, size=(a_r, a_t), mode="bicubic", align_corners=False)[:, 0]
+    layers = p[:, [P["skin"], P["fat"], P["muscle"], P["fat_echo"]]]
+    maps = tissue_maps(x, z, d, slot_t, layers, depth / a_r, texture)
+
+    # Attenuation accumulated along each scan line (two-way), at the cell centres.
+    freq = p[:, P["freq"], None, None]
+    step = (depth / a_r)[:, None, None]
+    loss = 2 * freq * maps.att * step
+    loss_db = torch.cumsum(loss, dim=1) - 0.5 * loss
+    nominal_db = 2 * freq * 0.5 * d
+    rel = d / depth[:, None, None]
+    tgc = 2 * freq * (0.5 + p[:, P["tgc_err"], None, None]) * d
+    tgc = tgc + p[:, P["tgc_mid"], None, None] * torch.sin(np.pi * rel)
+    tgc = tgc + p[:, P["tgc_deep"], None, None] * rel
+    focus_rel = (p[:, P["focus"], None, None] - d) / (0.25 * depth[:, None, None])
+    theta_rel = torch.linspace(-1, 1, a_t)[None, None, :]
+    net_db = tgc - loss_db + 2.0 * torch.exp(-(focus_rel**2)) - 4.0 * theta_rel**8
+
+    # What an annotator sees: organ area inside the sector and outside shadows (area ~ r dr dθ).
+    lit = ((loss_db - nominal_db) < SHADOW_DB).float()
+    area = d + p[:, P["radius"], None, None]
+    visible = (maps.organs * (lit * area)[:, None]).sum((2, 3)) / area.sum((1, 2))[:, None]
+
+    amp = torch.pow(10.0, maps.echo_db / 20.0)
+    haze = p[:, P["haze"], None, None] * torch.exp(-d / 1.2)
+    amp = torch.sqrt(amp * amp + haze * haze)
+    coarse_maps = torch.stack([amp, maps.wall, maps.tex, net_db], 1)
+    fine = F.interpolate(coarse_maps, size=(n_r, n_t), mode="bilinear", align_corners=False)
+    amp, wall, tex, net_db = fine.unbind(1)
+
+    noise = torch.randn(batch, 5, n_r, n_t, generator=generator)
+    sigma = 0.8 * tex
+    scatter = amp * torch.exp(sigma * noise[:, 2] - 0.5 * sigma * sigma)
+    field = torch.stack([scatter * noise[:, 0] + 2.0 * wall, scatter * noise[:, 1]], 1)
+    field = field.reshape(2 * batch, 1, n_r, n_t)
+    ax = _gauss(_AXIAL)
+    field = F.conv2d(field, ax.view(1, 1, -1, 1), padding=(len(ax) // 2, 0))
+    narrow, wide = _gauss(_LATERAL[0]), _gauss(_LATERAL[1])
+    pad = len(wide) // 2
+    narrow = F.pad(narrow, (pad - len(narrow) // 2, pad - len(narrow) // 2))
+    lateral = torch.stack([narrow, wide]).view(2, 1, 1, -1)
+    field = F.conv2d(field, lateral, padding=(0, pad)).reshape(batch, 2, 2, n_r, n_t)
+    fr = (torch.arange(n_r, dtype=torch.float32) + 0.5) / n_r
+    defocus = (fr[None, :] * depth[:, None] - p[:, P["focus"], None]).abs()
+    blend = (defocus / (0.35 * depth[:, None]) * (3.5 / p[:, P["freq"], None])).clamp(0, 1)
+    blend = blend[:, None, :, None]
+    field = field[:, :, 0] * (1 - blend) + field[:, :, 1] * blend  # (B, 2, n_r, n_t)
+
+    gain = torch.pow(10.0, net_db / 20.0)
+    noise_amp = torch.pow(10.0, p[:, P["noise_db"], None, None] / 20.0)
+    re = field[:, 0] * gain + noise_amp * noise[:, 3]
+    im = field[:, 1] * gain + noise_amp * noise[:, 4]
+    level = 10.0 * torch.log10(re * re + im * im + 1e-12)
+    low = (p[:, P["gain"]] - p[:, P["dyn_range"]])[:, None, None]
+    shown = ((level - low) / p[:, P["dyn_range"], None, None]).clamp(0, 1)
+    shown = shown ** p[:, P["gamma"], None, None]
+
+    grid = _frame_grid(p, side)
+    frames = F.grid_sample(
+        shown[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[:, 0]
+    marks = np.stack([frame_overlay(params[i], side, *overlays[i]) for i in range(batch)])
+    frames = torch.maximum(frames, torch.as_tensor(marks))
+    if side != size:
+        frames = F.interpolate(frames[:, None], size=(size, size), mode="area")[:, 0]
+    images = (frames * 255.0 + 0.5).floor().clamp(0, 255).to(torch.uint8).numpy()
+    masks = None
+    if with_masks:
+        organ_maps = F.interpolate(maps.organs, size=(n_r, n_t), mode="bilinear")
+        organ_maps = torch.stack(
+            [
+                F.grid_sample(organ_maps[:, c : c + 1], grid, align_corners=False)[:, 0]
+                for c in range(len(ORGANS))
+            ],
+            1,
+        )
+        if side != size:
+            organ_maps = F.interpolate(organ_maps, size=(size, size), mode="area")
+        masks = (organ_maps > 0.5).numpy()
+    return Rendered(images=images, visible=visible.numpy().astype(np.float32), masks=masks)
