@@ -1,21 +1,235 @@
-"""`uslearn study`: Run a hyperparameter study (Ray Tune + Optuna, trials logged to MLflow)."""
+"""The study command line: ``python studies/<name>.py [flags]`` or ``uslearn study <name> [flags]``.
+
+Every study script ends with ``sys.exit(main(SPEC, __file__))`` (or a builder function in place
+of ``SPEC`` when the spec depends on what exists, e.g. a deep-clustering checkpoint). Heavy
+imports (ray, torch, mlflow) stay inside functions so ``--help`` is instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from uslearn.errors import UserError
+from uslearn.study.resources import Resources
+from uslearn.study.spec import PROFILES, StudySpec
+
+StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
+STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags every study takes to ``parser``."""
+    parser.add_argument(
+        "--profile", choices=list(PROFILES), help="default: gpu if a GPU is visible, else cpu-demo"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest run of this study (finished trials are kept)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trials, the resource plan and a time estimate; run nothing",
+    )
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to connect to (default: $RAY_ADDRESS, else a local Ray)",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="dataset directory (default: the profile's phantom under data/)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="DIR",
+        help="Tune experiment storage (default: runs/studies; shared storage on a cluster)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        metavar="N",
+        help="at most N trials at once (default: what fits)",
+    )
+    parser.add_argument(
+        "--num-gpus-per-trial",
+        type=float,
+        metavar="G",
+        help="GPUs per trial (0.5 packs two trials per GPU)",
+    )
+    parser.add_argument(
+        "--workers-per-trial", type=int, metavar="N", help="DDP workers per trial (Ray Train)"
+    )
+    parser.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPU cores per worker")
+    parser.add_argument("--seeds", type=int, metavar="N", help="run only the first N seeds")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value for every trial (repeatable)",
+    )
+    parser.add_argument(
+        "--dc-init",
+        metavar="PATH",
+        help="deep-clustering checkpoint for studies with a DC-init arm (default: best LSD run in MLflow)",
+    )
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="one trial of the first cell on the tiny phantom, a few steps",
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="skip the analysis report at the end"
+    )
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """Return ``--set KEY=VALUE`` items as a dict (values stay strings; configs coerce them)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(study: StudyLike, study_file: str, argv: list[str] | None = None) -> int:
+    """Run a study from its script; return the exit code (2 for a user error)."""
+    from uslearn.log import configure
+
+    name = Path(study_file).stem
+    parser = argparse.ArgumentParser(prog=f"studies/{name}.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    configure(args.verbose)
+    try:
+        return run(study, args, study_file)
+    except UserError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _resources(base: Resources, args: argparse.Namespace) -> Resources:
+    """Return the profile's per-trial resources with the command-line overrides applied."""
+    workers = args.workers_per_trial or base.workers
+    gpus = base.gpus_per_worker
+    if args.num_gpus_per_trial is not None:
+        gpus = args.num_gpus_per_trial / workers
+    cpus = args.cpus_per_worker or base.cpus_per_worker
+    return Resources(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+
+
+def _relative(path: str) -> str:
+    here = Path(path).resolve()
+    try:
+        return str(here.relative_to(STUDIES_DIR.parent))
+    except ValueError:
+        return str(here)
+
+
+def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
+    """Resolve, validate and run (or dry-run) a study; return the exit code."""
+    from uslearn import paths
+    from uslearn.study import dryrun, session
+    from uslearn.study.spec import make_plan, validate
+
+    args.tracking_uri = session.absolute_uri(args.mlflow or paths.default_tracking_uri())
+    spec = study(args) if callable(study) else study
+    storage = Path(args.storage).resolve() if args.storage else paths.runs_dir() / "studies"
+    state, exp_dir = {}, None
+    if args.resume:
+        from uslearn.study.runner import latest_state
+
+        exp_dir, state = latest_state(storage, spec.name)
+        args.tracking_uri = args.mlflow and args.tracking_uri or state["tracking_uri"]
+    profile, why = session.choose_profile(args, state)
+    prof = PROFILES[profile]
+    res = _resources(spec.resources.get(profile, prof.resources), args)
+    plan = make_plan(
+        spec, profile, resources=res, num_seeds=args.seeds, overrides=parse_sets(args.set)
+    )
+    if args.smoke_test:
+        plan = session.smoke(plan)
+    validate(plan)
+    print(session.header(plan, why, Path(study_file).name))
+    data_path = session.data_path(args, state, plan)
+    if args.dry_run:
+        cluster = session.cluster_resources(args.address)
+        counts, per_exam = session.split_counts(data_path)
+        print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
+        return 0
+    from uslearn.study.runner import Invocation, execute, new_exp_dir
+
+    dataset = session.ensure_dataset(data_path, plan, args.smoke_test)
+    if state and state.get("fingerprint") != dataset.fingerprint:
+        raise UserError(
+            f"--resume: {data_path} changed since the study started (fingerprint "
+            f"{dataset.fingerprint}, was {state.get('fingerprint')}); start a new run instead"
+        )
+    inv = Invocation(
+        exp_dir=exp_dir or new_exp_dir(storage, spec.name, profile),
+        tracking_uri=args.tracking_uri,
+        data_path=dataset.root.resolve(),
+        fingerprint=dataset.fingerprint,
+        study_file=_relative(study_file),
+        resume=args.resume,
+        max_concurrent=args.max_concurrent,
+    )
+    frame = execute(plan, inv, args.address)
+    print(session.footer(plan, inv, frame, report=not args.no_report))
+    return 0 if (frame["status"] == "ok").all() else 1
+
+
+def load_study(name: str) -> tuple[StudyLike, str]:
+    """Return (SPEC or build function, file) of ``studies/<name>.py`` or of a path.
+
+    Raises:
+        UserError: no such study file, or it defines neither ``SPEC`` nor ``build``.
+    """
+    path = Path(name)
+    if path.suffix != ".py":
+        path = STUDIES_DIR / f"{name}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDIES_DIR.glob("*.py"))
+        raise UserError(f"no study file {path}; known studies: {known}")
+    module_spec = importlib.util.spec_from_file_location(f"uslearn_studies.{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    study = getattr(module, "SPEC", None) or getattr(module, "build", None)
+    if study is None:
+        raise UserError(f"{path}: defines neither SPEC nor build(args)")
+    return study, str(path)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `study` sub-command to the top-level parser."""
+    """Add the ``study`` sub-command to the top-level parser."""
     parser = sub.add_parser(
         "study",
-        help="Run a hyperparameter study (Ray Tune + Optuna, trials logged to MLflow).",
-        description="Run a hyperparameter study (Ray Tune + Optuna, trials logged to MLflow).",
+        help="Run a study of studies/ (Ray Tune + Optuna, trials logged to MLflow).",
+        description="Run a study of studies/ (e.g. lambda_sensitivity) with the same flags as its script.",
     )
-    parser.set_defaults(func=_not_yet)
+    parser.add_argument("name", help="study name in studies/ or path of a study file")
+    add_arguments(parser)
+    parser.set_defaults(func=_run_command)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    raise UserError("'uslearn study' is not available yet (it lands with the studies issue)")
+def _run_command(args: argparse.Namespace) -> int:
+    study, file = load_study(args.name)
+    return run(study, args, file)

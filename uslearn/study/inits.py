@@ -1,0 +1,87 @@
+"""Initialisations a study may depend on: a deep-clustering checkpoint, ImageNet weights.
+
+Strategy 4 of the paper fine-tunes from the best LSD model of an earlier study; the studies
+look it up in MLflow (best validation score among the LSD child runs of the latest invocation
+of a clustering study) unless a path is given. ImageNet weights cannot be downloaded at run
+time here, so an ImageNet arm runs only when the weights file is present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from uslearn.log import get_logger
+
+log = get_logger(__name__)
+# Studies whose LSD runs may initialise others, most specific first.
+CLUSTERING_STUDIES = ("unsupervised_table", "lambda_sensitivity", "search_lsd")
+
+
+def imagenet_weights() -> Path | None:
+    """Return ResNet18's ImageNet weights file if present ($USLEARN_IMAGENET or the hub cache)."""
+    explicit = os.environ.get("USLEARN_IMAGENET")
+    if explicit:
+        return Path(explicit) if Path(explicit).is_file() else None
+    from uslearn.models import imagenet_weights_file
+
+    file = imagenet_weights_file()
+    return file if file.is_file() else None
+
+
+def best_clustering_checkpoint(
+    tracking_uri: str, studies: tuple[str, ...] = CLUSTERING_STUDIES, strategy: str = "lsd"
+) -> tuple[Path, str] | None:
+    """Return (checkpoint file, description) of the best ``strategy`` run, or None.
+
+    Searches the latest invocation of each study in ``studies`` in order and takes the child
+    run with the highest ``val/f1_weighted`` (validation: the test set never selects a model).
+    The run's ``best.pt`` is used in place when its output folder is still there, otherwise
+    downloaded from the run's artifacts.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for study in studies:
+        experiment = client.get_experiment_by_name(study)
+        if experiment is None:
+            continue
+        parents = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.study = '{study}' and attributes.status != 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50,
+        )
+        parents = [p for p in parents if "mlflow.parentRunId" not in p.data.tags]
+        if not parents:
+            continue
+        children = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=(
+                f"tags.study_run_id = '{parents[0].info.run_id}' and "
+                f"params.strategy = '{strategy}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["metrics.`val/f1_weighted` DESC"],
+            max_results=1,
+        )
+        if not children:
+            continue
+        best = children[0]
+        local = Path(best.data.tags.get("out_dir", "")) / "best.pt"
+        if not local.is_file():
+            from uslearn.paths import runs_dir
+
+            dest = runs_dir() / "dc_init" / best.info.run_id
+            dest.mkdir(parents=True, exist_ok=True)
+            try:
+                local = Path(client.download_artifacts(best.info.run_id, "best.pt", str(dest)))
+            except Exception as err:  # MLflow raises several types for a missing artifact
+                log.warning("run %s has no best.pt artifact: %s", best.info.run_id, err)
+                continue
+        score = best.data.metrics.get("val/f1_weighted", float("nan"))
+        why = (
+            f"best {strategy} run {best.info.run_id} of study '{study}' "
+            f"(val/f1_weighted {score:.3f})"
+        )
+        return local, why
+    return None

@@ -1,0 +1,231 @@
+"""One trial: the Tune function that runs one strategy and logs it as an MLflow child run.
+
+Three layers, as Ray Train V2 wants them (RAY_NOTES.md): ``tune_trial`` is the Tune trainable.
+A single-worker CPU trial runs the strategy right there (no worker group to start); a GPU or
+DDP trial builds a ``TorchTrainer`` whose workers run ``train_worker``, named after the Tune
+trial id so that a retried trial finds its own Train run and checkpoints again. In both cases
+``run_logged`` calls ``uslearn.strategies.run`` and only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uslearn.log import get_logger
+from uslearn.study.spec import Plan
+
+log = get_logger(__name__)
+Report = Callable[[dict[str, float], "str | None"], None]
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one study invocation shares (bound with ``tune.with_parameters``).
+
+    Attributes:
+        plan: the resolved study.
+        tracking_uri / experiment_id / parent_run_id: where the child runs go.
+        data_path: the dataset directory.
+        fingerprint: the dataset's fingerprint (a param and a tag of every run).
+        out_root: trial output folders go under it (``<out_root>/<trial name>``).
+        train_storage: storage path of the Ray Train runs of GPU/DDP trials.
+        tags: tags every child run gets (``study``, ``git_sha``, ``study_file``, ``profile``).
+        crash_once: test hook: a marker path; the first trial to report a checkpoint while it
+            does not exist creates it and kills its own process (to test ``max_failures``).
+    """
+
+    plan: Plan
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    data_path: str
+    fingerprint: str
+    out_root: str
+    train_storage: str
+    tags: Mapping[str, str]
+    crash_once: str | None = None
+
+
+def trial_name(plan: Plan, tune_config: Mapping[str, Any], trial_id: str) -> str:
+    """Return a readable, filesystem-safe trial name: ``<cell>_seed=<s>`` or the trial id."""
+    if "cell" in tune_config:
+        raw = f"{tune_config['cell']}_seed={tune_config['seed']}"
+        return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", raw)
+    return f"trial_{trial_id}"
+
+
+def run_name(plan: Plan, tune_config: Mapping[str, Any], trial_id: str) -> str:
+    """Return the MLflow child run name: ``"<cell> seed=<s>"`` or ``"<study> <trial id>"``."""
+    if "cell" in tune_config:
+        return f"{tune_config['cell']} seed={tune_config['seed']}"
+    return f"{plan.spec.name} {trial_id}"
+
+
+def mlflow_params(ctx: TrialContext, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the child run's params: the full resolved config plus init_kind, data, profile."""
+    from uslearn.strategies import resolved_config
+
+    return {
+        **resolved_config(dict(flat)),
+        "dataset_fingerprint": ctx.fingerprint,
+        "profile": ctx.plan.profile.name,
+    }
+
+
+def for_tune(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Return ``metrics`` without the per-class ones (``test/f1/liver``...).
+
+    MLflow gets every metric; Tune's console tables and result files keep to the summary
+    ones, or each finished trial prints 28 per-class rows.
+    """
+    return {k: v for k, v in metrics.items() if k.count("/") < 2}
+
+
+def _maybe_crash(ctx: TrialContext, checkpoint_dir: str | None) -> None:
+    """Kill this process once per study if the crash hook is armed (tests only)."""
+    if ctx.crash_once is None or checkpoint_dir is None:
+        return
+    try:
+        fd = os.open(ctx.crash_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    log.warning("crash hook: killing trial process %d after its first checkpoint", os.getpid())
+    os._exit(17)
+
+
+def run_logged(
+    ctx: TrialContext,
+    tune_config: Mapping[str, Any],
+    trial_id: str,
+    report: Report,
+    resume_dir: str | None,
+    rank: int = 0,
+) -> dict[str, float]:
+    """Run one strategy to the end, logging to the child run on rank 0; return final metrics.
+
+    Args:
+        ctx: the study's shared context.
+        tune_config: the Tune trial config (``{"cell", "seed"}`` or the sampled values).
+        trial_id: the Tune trial id (names the child run's ``trial_id`` tag).
+        report: forwards ``(metrics, checkpoint_dir)`` to Tune or Train.
+        resume_dir: directory of the restored checkpoint, or None for a fresh start.
+        rank: DDP rank of this process (0 for in-process trials).
+    """
+    from uslearn.strategies import run
+
+    flat = ctx.plan.trial_config(tune_config)
+    out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
+    child = None
+    if rank == 0:
+        from uslearn.study.tracking import ChildRun
+
+        cell = tune_config.get("cell", ctx.plan.cells[0].name)
+        tags = {**ctx.tags, "cell": cell, "dataset_fingerprint": ctx.fingerprint}
+        child = ChildRun(
+            ctx.tracking_uri,
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            trial_id,
+            run_name(ctx.plan, tune_config, trial_id),
+            tags,
+        )
+        child.log_params(mlflow_params(ctx, flat))
+        child.set_tags({"out_dir": str(out_dir)})
+
+    def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        if child is not None:
+            child.log_metrics(metrics)
+        report(for_tune(metrics), checkpoint_dir)
+        _maybe_crash(ctx, checkpoint_dir)
+
+    try:
+        final = run(
+            flat, ctx.data_path, report=on_evaluation, out_dir=out_dir, resume_from=resume_dir
+        )
+    except BaseException:
+        if child is not None:
+            child.finish("FAILED")
+        raise
+    # The last report carries the test metrics, so Tune's results (and the end-of-study
+    # summary) hold them too, not only MLflow.
+    report(for_tune(final), None)
+    if child is not None:
+        child.log_metrics(final, final=True)
+        child.log_artifacts(out_dir)
+        child.finish("FINISHED")
+    return final
+
+
+def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune trainable: run the trial in this process or through a TorchTrainer."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    if ctx.plan.resources.mode == "train":
+        _fit_trainer(config, ctx, trial_id)
+        return
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        run_logged(ctx, config, trial_id, report, resume_dir)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """A Ray Train worker of a GPU/DDP trial: the same run, reporting through ``ray.train``."""
+    import ray.train
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    rank = ray.train.get_context().get_world_rank()
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        run_logged(
+            loop_config["ctx"],
+            loop_config["tune_config"],
+            loop_config["trial_id"],
+            report,
+            resume_dir,
+            rank=rank,
+        )
+
+
+def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> None:
+    """Run the trial as a Ray Train job named after the trial id (so a retry resumes it)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = ctx.plan.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker > 0:
+        per_worker["GPU"] = res.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"ctx": ctx, "tune_config": dict(config), "trial_id": trial_id},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=ctx.train_storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=ctx.plan.spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
