@@ -1,21 +1,290 @@
-"""`uslearn data`: Datasets: import folders+CSV or DICOM exports, generate the synthetic phantom, split by patient, check, gallery."""
+"""``uslearn data ...``: import, import-dicom, phantom, split, check, gallery.
+
+Heavy imports stay inside the handlers so that ``uslearn --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from uslearn.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `data` sub-command to the top-level parser."""
+    """Add the ``data`` command group to the top-level parser."""
     parser = sub.add_parser(
         "data",
         help="Datasets: import folders+CSV or DICOM exports, generate the synthetic phantom, split by patient, check, gallery.",
-        description="Datasets: import folders+CSV or DICOM exports, generate the synthetic phantom, split by patient, check, gallery.",
+        description="Build, split, check and look at dataset directories (manifest.parquet + images.u8 + meta.json). See docs/DATA.md.",
     )
-    parser.set_defaults(func=_not_yet)
+    data_sub = parser.add_subparsers(
+        dest="data_command", metavar="{import,import-dicom,phantom,split,check,gallery}"
+    )
+    data_sub.required = True
+    _add_import(data_sub)
+    _add_import_dicom(data_sub)
+    _add_phantom(data_sub)
+    _add_split(data_sub)
+    _add_check(data_sub)
+    _add_gallery(data_sub)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    raise UserError("'uslearn data' is not available yet (it lands with the datasets issue)")
+def _add_phantom(data_sub: argparse._SubParsersAction) -> None:
+    try:
+        from uslearn.data import phantom
+    except ImportError:  # TODO(phantom issue): import directly once uslearn/data/phantom.py lands
+        return
+    phantom.register(data_sub)
+
+
+def _fraction_or_count(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a fraction in [0, 1) or a count >= 1")
+    return value
+
+
+def _add_split_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "splits (by patient; a value < 1 is a fraction of the labelled exams, >= 1 a count)"
+    )
+    group.add_argument(
+        "--val", type=_fraction_or_count, default=0.2, help="validation exams (default 0.2)"
+    )
+    group.add_argument(
+        "--test", type=_fraction_or_count, default=0.25, help="test exams (default 0.25)"
+    )
+    group.add_argument(
+        "--labelled",
+        type=_fraction_or_count,
+        default=None,
+        help="labelled training exams (default: every remaining labelled patient)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
+
+
+def _add_common_import(parser: argparse.ArgumentParser, crop_default: str) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="dataset directory to create")
+    parser.add_argument(
+        "--size", type=int, default=224, help="stored image side in pixels (default 224)"
+    )
+    parser.add_argument("--salt", help="pseudonymisation secret (default: $USLEARN_SALT)")
+    parser.add_argument(
+        "--insecure-default-salt",
+        action="store_true",
+        help="use the public default salt (test data only: pseudonyms can be recomputed)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="decoding processes (default: all available cores)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable/invalid items and list them in the rejected file instead of stopping",
+    )
+    parser.add_argument("--rejected", type=Path, help="rejected list (default: <out>.rejected.csv)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset at --out"
+    )
+    parser.add_argument(
+        "--keep-paths",
+        action="store_true",
+        help="store source paths in the manifest (off: folder names may hold patient names)",
+    )
+    parser.add_argument(
+        "--crop",
+        choices=("auto", "none"),
+        default=crop_default,
+        help=f"crop to the ultrasound region before resizing (default {crop_default})",
+    )
+    parser.add_argument(
+        "--doppler-fraction",
+        type=float,
+        default=0.01,
+        help="reject a frame whose region has more coloured pixels than this (default 0.01); 1 keeps all",
+    )
+    parser.add_argument(
+        "--doppler-chroma",
+        type=int,
+        default=64,
+        help="a pixel is coloured when max-min of R,G,B exceeds this (default 64)",
+    )
+    _add_split_options(parser)
+
+
+def _add_import(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "import",
+        help="import a folder of PNG/JPEG/BMP/TIFF frames and a labels CSV",
+        description="Import image files listed in a labels CSV (columns path, patient_id, exam_id, labels[, split]).",
+    )
+    parser.add_argument(
+        "--images", required=True, type=Path, help="folder the CSV paths are relative to"
+    )
+    parser.add_argument("--labels", type=Path, help="labels CSV (see docs/DATA.md)")
+    parser.add_argument(
+        "--include-unlisted",
+        action="store_true",
+        help="also import image files the CSV does not list, as unlabelled",
+    )
+    _add_common_import(parser, crop_default="none")
+    parser.set_defaults(func=_run_import)
+
+
+def _add_import_dicom(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "import-dicom",
+        help="import a DICOM (PACS) export",
+        description="Import every image frame under a DICOM folder; labels come from an optional CSV (path or sop_instance_uid, labels[, frame, split]).",
+    )
+    parser.add_argument("--dicom", required=True, type=Path, help="root folder of the export")
+    parser.add_argument("--labels", type=Path, help="optional labels CSV (see docs/DATA.md)")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=0,
+        help="take at most this many evenly spaced frames of a cine loop (default 0 = all)",
+    )
+    _add_common_import(parser, crop_default="auto")
+    parser.set_defaults(func=_run_import_dicom)
+
+
+def _settings(args: argparse.Namespace):
+    from uslearn.data.images import Preprocess
+    from uslearn.data.importers import ImportSettings
+
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected at least 1")
+    if not 0 <= args.doppler_fraction <= 1:
+        raise UserError(f"--doppler-fraction {args.doppler_fraction}: expected 0..1")
+    return ImportSettings(
+        preprocess=Preprocess(
+            size=args.size,
+            crop=args.crop,
+            doppler_fraction=args.doppler_fraction,
+            doppler_chroma=args.doppler_chroma,
+        ),
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        keep_paths=args.keep_paths,
+        splits={"val": args.val, "test": args.test, "labelled": args.labelled, "seed": args.seed},
+        rejected=args.rejected,
+    )
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from uslearn.data.importers import check_size, import_folder
+    from uslearn.data.pseudonym import resolve_salt
+
+    check_size(args.size)
+    salt = resolve_salt(args.salt, args.insecure_default_salt)
+    out = import_folder(
+        args.images, args.labels, args.out, salt, _settings(args), args.include_unlisted
+    )
+    return _summarise(out)
+
+
+def _run_import_dicom(args: argparse.Namespace) -> int:
+    from uslearn.data.dicom import import_dicom
+    from uslearn.data.importers import check_size
+    from uslearn.data.pseudonym import resolve_salt
+
+    check_size(args.size)
+    salt = resolve_salt(args.salt, args.insecure_default_salt)
+    out = import_dicom(args.dicom, args.out, salt, _settings(args), args.labels, args.max_frames)
+    return _summarise(out)
+
+
+def _summarise(out: Path) -> int:
+    import json
+
+    from uslearn.data.ingest import REPORT
+
+    report = json.loads((out / REPORT).read_text())
+    print(
+        f"{out}: imported {report['imported']} images ({report['labelled']} labelled, "
+        f"{report['patients']} patients, {report['exams']} exams); "
+        f"rejected {report['rejected_total']} {report['rejected']}"
+    )
+    print(f"splits: {report['splits']}; next: uslearn data check {out}")
+    return 0
+
+
+def _add_split(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "split",
+        help="assign labelled/unlabelled/val/test by patient (keeps splits given in the CSV)",
+        description="Reassign splits by patient in place (the image store is not rewritten).",
+    )
+    parser.add_argument("dataset", type=Path)
+    _add_split_options(parser)
+    parser.set_defaults(func=_run_split)
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    from uslearn.data.dataset import Dataset
+    from uslearn.data.splits import assign_splits, split_counts, write_splits
+
+    dataset = Dataset.open(args.dataset)
+    manifest = assign_splits(
+        dataset.manifest, val=args.val, test=args.test, labelled=args.labelled, seed=args.seed
+    )
+    dataset = write_splits(dataset, manifest)
+    print(split_counts(dataset.manifest).to_string())
+    print(f"fingerprint {dataset.fingerprint}; next: uslearn data check {args.dataset}")
+    return 0
+
+
+def _add_check(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "check",
+        help="print counts and fail on leaks (patient in two splits, duplicate images) or gaps",
+        description="Exit status 1 when a problem is found (see docs/DATA.md, 'Checks').",
+    )
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument(
+        "--near-duplicate",
+        type=float,
+        default=0.99,
+        help="thumbnail correlation at which two images count as near-duplicates (default 0.99; >1 disables)",
+    )
+    parser.add_argument(
+        "--no-fingerprint", action="store_true", help="skip re-hashing the store (faster)"
+    )
+    parser.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from uslearn.data.check import check_dataset
+    from uslearn.data.dataset import Dataset
+
+    report = check_dataset(
+        Dataset.open(args.dataset), args.near_duplicate, verify_fingerprint=not args.no_fingerprint
+    )
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _add_gallery(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "gallery", help="write a labelled PNG grid of sample images per class and split"
+    )
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--per-class", type=int, default=6, help="images per class (default 6)")
+    parser.add_argument("--split", help="only this split (default: all, spread)")
+    parser.set_defaults(func=_run_gallery)
+
+
+def _run_gallery(args: argparse.Namespace) -> int:
+    from uslearn.data.dataset import Dataset
+    from uslearn.data.gallery import write_gallery
+
+    print(write_gallery(Dataset.open(args.dataset), args.out, args.per_class, args.split))
+    return 0

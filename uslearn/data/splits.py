@@ -10,12 +10,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 
 import numpy as np
 import pandas as pd
 
-from uslearn.data.dataset import CLASSES, SPLITS, Dataset, DatasetError
+from uslearn.data.dataset import (
+    CLASSES,
+    MANIFEST,
+    META,
+    SPLITS,
+    STORE,
+    Dataset,
+    DatasetError,
+    _fingerprint,
+    validate_manifest,
+)
 
 GIVEN = "split_given"  # manifest column: True where the split came from the user's CSV
 
@@ -184,3 +196,28 @@ def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
         }
     )
     return table.reindex(list(SPLITS)).fillna(0).astype(int)
+
+
+def write_splits(dataset: Dataset, manifest: pd.DataFrame) -> Dataset:
+    """Replace the manifest of ``dataset`` by ``manifest`` (same rows, new splits); return it reopened.
+
+    The store is not rewritten. The new manifest and meta.json (new fingerprint) are written to
+    temporary files and renamed over the old ones, manifest first: an interruption between
+    the two renames leaves a dataset that opens but fails ``verify_fingerprint``.
+    """
+    if not manifest["image_id"].reset_index(drop=True).equals(dataset.manifest["image_id"]):
+        raise DatasetError(f"{dataset.root}: new manifest rows differ from the stored ones")
+    validate_manifest(manifest, where=f"{dataset.root / MANIFEST}")
+    root = dataset.root
+    tmp_manifest = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp_meta = root / f".{META}.tmp-{os.getpid()}"
+    try:
+        manifest.reset_index(drop=True).to_parquet(tmp_manifest, index=False)
+        meta = {**dataset.meta, "fingerprint": _fingerprint(tmp_manifest, root / STORE)}
+        tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp_manifest, root / MANIFEST)
+        os.replace(tmp_meta, root / META)
+    finally:
+        for path in (tmp_manifest, tmp_meta):
+            path.unlink(missing_ok=True)
+    return Dataset.open(root)

@@ -1,0 +1,224 @@
+"""``uslearn data check``: counts, and the leaks and gaps that would make results wrong.
+
+Problems (the command exits non-zero): a class column missing, an empty split, a val / test /
+labelled split without labels, a patient or exam in two splits, ``other`` together with an
+organ, byte-identical or near-duplicate images in two splits (public ultrasound sets have
+this leak: the same frame exported twice under two patients), and store files that changed
+after writing (fingerprint). Notes (printed only): unlabelled rows inside a labelled split,
+classes without a positive example, constant (blank) images.
+
+Near-duplicates: every image is reduced to a 16 x 16 thumbnail (block means), centred and
+scaled to unit length; two images in different splits are near-duplicates when the
+correlation of their thumbnails is at least ``near_duplicate`` (0.99). Bit hashes such as
+dHash are not used: at 8 x 8 the black frame around the sector dominates them, so different
+patients' frames from one scanner collide; a re-encoded or resized copy of one frame keeps a
+correlation near 1, while two different frames from different patients rarely pass 0.95.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from uslearn.data.dataset import CLASSES, SPLITS, Dataset, DatasetError
+from uslearn.data.splits import split_counts
+
+THUMB = 16
+CHUNK = 512
+EXAMPLES = 3
+
+
+@dataclass
+class CheckReport:
+    """What ``check_dataset`` found.
+
+    Attributes:
+        counts: images, exams and patients per split (rows in SPLITS order).
+        class_counts: positive examples per split (rows) and class (columns).
+        combinations: number of labelled images per label combination ("liver+kidney").
+        problems: findings that make the dataset unfit for a study (``ok`` is False).
+        notes: findings worth knowing that do not fail the check.
+    """
+
+    counts: pd.DataFrame
+    class_counts: pd.DataFrame
+    combinations: pd.Series
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Return True when no problem was found."""
+        return not self.problems
+
+    def format(self) -> str:
+        """Return the report as text for a terminal."""
+        parts = [
+            "images, exams and patients per split:",
+            self.counts.to_string(),
+            "",
+            "positive examples per split and class:",
+            self.class_counts.to_string(),
+            "",
+            "label combinations (labelled images):",
+            self.combinations.to_string() if len(self.combinations) else "(none)",
+            "",
+        ]
+        parts += [f"note: {n}" for n in self.notes]
+        parts += [f"PROBLEM: {p}" for p in self.problems]
+        parts.append(
+            "check passed" if self.ok else f"check FAILED: {len(self.problems)} problem(s)"
+        )
+        return "\n".join(parts)
+
+
+def combination_names(labels: np.ndarray) -> pd.Series:
+    """Return the label-set name of each labelled row, classes joined by '+' in class order."""
+    names = ["+".join(c for c, v in zip(CLASSES, row) if v == 1) or "(none)" for row in labels]
+    return pd.Series(names, dtype=object)
+
+
+def image_digests_and_thumbnails(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (16-byte blake2b digest per image, (N, 256) float32 unit thumbnails; 0 if constant)."""
+    n, h, w = images.shape
+    ys = np.linspace(0, h, THUMB + 1).astype(int)[:-1]
+    xs = np.linspace(0, w, THUMB + 1).astype(int)[:-1]
+    y_sizes = np.diff(np.append(ys, h))
+    x_sizes = np.diff(np.append(xs, w))
+    digests = np.empty(n, dtype="S16")
+    thumbs = np.empty((n, THUMB * THUMB), np.float32)
+    for start in range(0, n, CHUNK):
+        block = np.asarray(images[start : start + CHUNK])
+        for i, image in enumerate(block):
+            digests[start + i] = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        sums = np.add.reduceat(np.add.reduceat(block.astype(np.float32), ys, axis=1), xs, axis=2)
+        means = (sums / np.outer(y_sizes, x_sizes)).reshape(len(block), -1)
+        means -= means.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(means, axis=1, keepdims=True)
+        thumbs[start : start + len(block)] = np.divide(
+            means, norms, out=np.zeros_like(means), where=norms > 1e-3
+        )
+    return digests, thumbs
+
+
+def _cross_split_pairs(
+    splits: np.ndarray, digests: np.ndarray, thumbs: np.ndarray, threshold: float
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Return (identical pairs, near-duplicate pairs) of rows in different splits."""
+    constant = ~thumbs.any(axis=1)
+    identical = []
+    frame = pd.DataFrame({"digest": digests, "split": splits})[~constant]
+    for _, rows in frame.groupby("digest").groups.items():
+        rows = np.asarray(rows)
+        if len(set(splits[rows])) > 1:
+            first = rows[0]
+            identical += [(first, r) for r in rows[1:] if splits[r] != splits[first]]
+    near = []
+    if threshold <= 1:
+        members = {s: np.flatnonzero((splits == s) & ~constant) for s in SPLITS}
+        for i, a in enumerate(SPLITS):
+            for b in SPLITS[i + 1 :]:
+                rows_a, rows_b = members[a], members[b]
+                if not len(rows_a) or not len(rows_b):
+                    continue
+                for start in range(0, len(rows_a), 4096):
+                    chunk = rows_a[start : start + 4096]
+                    sims = thumbs[chunk] @ thumbs[rows_b].T
+                    hits_a, hits_b = np.nonzero(sims >= threshold)
+                    near += [
+                        (x, y)
+                        for x, y in zip(chunk[hits_a].tolist(), rows_b[hits_b].tolist())
+                        if digests[x] != digests[y]  # identical pairs are reported apart
+                    ]
+    return identical, near
+
+
+def check_dataset(
+    dataset: Dataset, near_duplicate: float = 0.99, verify_fingerprint: bool = True
+) -> CheckReport:
+    """Return counts and the problems found in ``dataset`` (see the module docstring).
+
+    Args:
+        dataset: an opened dataset.
+        near_duplicate: thumbnail-correlation threshold for near-duplicates; > 1 disables.
+        verify_fingerprint: recompute the fingerprint from the files (reads the whole store).
+    """
+    manifest = dataset.manifest
+    problems, notes = [], []
+    missing = [c for c in (*CLASSES, "patient_id", "exam_id", "split") if c not in manifest]
+    if missing:
+        empty = pd.DataFrame()
+        return CheckReport(empty, empty, pd.Series(dtype=int), [f"missing column(s) {missing}"])
+    counts = split_counts(manifest)
+    labels = dataset.labels
+    labelled = (labels >= 0).all(axis=1)
+    splits = manifest["split"].to_numpy()
+    class_counts = (
+        pd.DataFrame(labels == 1, columns=list(CLASSES))
+        .groupby(splits)
+        .sum()
+        .reindex(list(SPLITS))
+        .fillna(0)
+        .astype(int)
+    )
+    combinations = combination_names(labels[labelled]).value_counts()
+
+    for split in SPLITS:
+        n = int(counts.loc[split, "images"])
+        n_labelled = int((labelled & (splits == split)).sum())
+        if n == 0:
+            problems.append(f"split '{split}' is empty")
+        elif split != "unlabelled" and n_labelled == 0:
+            problems.append(f"split '{split}' has {n} images but none is labelled")
+        elif split != "unlabelled" and n_labelled < n:
+            notes.append(
+                f"split '{split}': {n - n_labelled} of {n} images are unlabelled (held out "
+                "with their patient); training and evaluation use only the labelled ones"
+            )
+        if split != "unlabelled" and n_labelled:
+            absent = [c for c in CLASSES if class_counts.loc[split, c] == 0]
+            if absent:
+                notes.append(f"split '{split}' has no positive example of {', '.join(absent)}")
+    for column, what in (("patient_id", "patient"), ("exam_id", "exam")):
+        per = manifest.groupby(column)["split"].nunique()
+        spread = per[per > 1]
+        if len(spread):
+            example = spread.index[0]
+            found = sorted(manifest.loc[manifest[column] == example, "split"].unique())
+            problems.append(
+                f"{len(spread)} {what}(s) appear in more than one split, e.g. {example} in {found}"
+            )
+    other_with_organ = (labels[:, CLASSES.index("other")] == 1) & ((labels == 1).sum(axis=1) > 1)
+    if other_with_organ.any():
+        row = int(np.flatnonzero(other_with_organ)[0])
+        problems.append(
+            f"{int(other_with_organ.sum())} image(s) are labelled 'other' together with an organ, "
+            f"e.g. {manifest['image_id'].iloc[row]}"
+        )
+
+    digests, thumbs = image_digests_and_thumbnails(dataset.images)
+    constant = ~thumbs.any(axis=1)
+    if constant.any():
+        notes.append(
+            f"{int(constant.sum())} constant (blank) image(s), not compared for duplicates"
+        )
+    identical, near = _cross_split_pairs(splits, digests, thumbs, near_duplicate)
+    ids = manifest["image_id"].to_numpy()
+    for pairs, what in (
+        (identical, "byte-identical"),
+        (near, f"near-duplicate (r >= {near_duplicate})"),
+    ):
+        if pairs:
+            shown = "; ".join(
+                f"{ids[a]} ({splits[a]}) ~ {ids[b]} ({splits[b]})" for a, b in pairs[:EXAMPLES]
+            )
+            problems.append(f"{len(pairs)} {what} image pair(s) across splits, e.g. {shown}")
+    if verify_fingerprint:
+        try:
+            dataset.verify_fingerprint()
+        except DatasetError as err:
+            problems.append(str(err))
+    return CheckReport(counts, class_counts, combinations, problems, notes)

@@ -1,0 +1,187 @@
+"""Decode → grayscale → crop → colour-Doppler test → letterbox resize, shared by both importers.
+
+The resize rule is **letterbox**: the image (or its ultrasound region) is scaled so that its
+longer side becomes ``size`` pixels, keeping the aspect ratio, and centred on a black square.
+Nothing of the field of view is cut (an organ at the edge of a sector stays visible) and
+anatomy is not stretched; the padding is black like the background around a sector.
+Downscaling is antialiased (PIL's bilinear filter widens its support with the scale factor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+Box = tuple[int, int, int, int]  # (top, bottom, left, right), bottom/right exclusive
+
+
+class ImageRejected(Exception):
+    """An item that cannot or should not be imported; ``reason`` is a short key for the report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded frame becomes a stored image.
+
+    Attributes:
+        size: side of the stored square image in pixels.
+        crop: "auto" crops to the largest non-background region; "none" keeps the frame.
+        doppler_fraction: a colour frame whose region has more than this fraction of
+            coloured pixels is rejected as colour Doppler; 1.0 keeps every frame.
+        doppler_chroma: a pixel is coloured when max(R,G,B) - min(R,G,B) exceeds this. Grey
+            B-mode has 0; the saturated reds/blues of Doppler are > 100, while tinted grey
+            maps (sepia) and JPEG colour noise stay well below 64.
+    """
+
+    size: int = 224
+    crop: str = "none"
+    doppler_fraction: float = 0.01
+    doppler_chroma: int = 64
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Return the decoded image at ``path`` as (H, W) or (H, W, 3) uint8 (first frame of a TIFF).
+
+    Raises:
+        ImageRejected: "missing" if there is no file, "unreadable" if it does not decode
+            completely (corrupt or truncated).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageRejected("missing", f"no such file {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode fully now, so a truncated file fails here
+            return _pil_to_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageRejected("unreadable", f"{type(err).__name__}: {err}") from err
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return to_uint8(np.asarray(image))
+    if mode in ("1", "L", "LA"):
+        return np.asarray(image.convert("L"))
+    if mode == "P" and image.palette is not None and image.palette.mode == "L":
+        return np.asarray(image.convert("L"))
+    return np.asarray(image.convert("RGB"))
+
+
+def to_uint8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Return ``array`` as uint8: 8-bit input unchanged, deeper integers scaled down by bit depth.
+
+    Args:
+        array: integer or float pixel array.
+        bits: significant bits per sample (DICOM BitsStored); None infers it from the dtype
+            for 16-bit data and from the maximum for wider or float data.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "f" or bits is None and array.dtype.itemsize > 2:
+        array = np.nan_to_num(array.astype(np.float64))
+        lo, hi = float(array.min()), float(array.max())
+        if lo >= 0 and hi <= 255:
+            return np.rint(array).astype(np.uint8)
+        scaled = (array - lo) * (255.0 / max(hi - lo, 1e-12))
+        return np.rint(scaled).astype(np.uint8)
+    bits = bits or 8 * array.dtype.itemsize
+    if array.dtype.kind == "i":  # signed samples: shift into 0..2^bits-1
+        array = array.astype(np.int64) + (1 << (bits - 1))
+    shift = max(bits - 8, 0)
+    return np.clip(array.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+
+
+def to_gray(array: np.ndarray) -> np.ndarray:
+    """Return a (H, W) uint8 luma image (ITU-R BT.601 weights) of a gray or RGB(A) uint8 array."""
+    if array.ndim == 2:
+        return array
+    rgb = array[..., :3].astype(np.uint32)
+    luma = (299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000
+    return luma.astype(np.uint8)
+
+
+def colour_fraction(array: np.ndarray, chroma: int) -> float:
+    """Return the fraction of pixels whose channel spread max - min exceeds ``chroma`` (0 if gray)."""
+    if array.ndim == 2:
+        return 0.0
+    rgb = array[..., :3]
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+    return float((spread > chroma).mean())
+
+
+def auto_region(gray: np.ndarray, threshold: int = 12) -> Box:
+    """Return the bounding box of the largest non-background region of a frame.
+
+    Pixels brighter than ``threshold`` are foreground; on a coarse grid (about 128 cells on
+    the shorter side) gaps are closed and holes filled, so dark fluid inside the sector (the
+    bladder, the gallbladder) stays part of it. Burned-in text, rulers and logos are separate,
+    smaller components and fall outside the box. A frame with no region covering 5 % of it
+    (blank or very dark) keeps its full extent.
+    """
+    h, w = gray.shape
+    f = max(1, min(h, w) // 128)
+    hh, ww = h // f * f, w // f * f
+    coarse = gray[:hh, :ww].reshape(hh // f, f, ww // f, f).max(axis=(1, 3)) > threshold
+    coarse = ndimage.binary_closing(coarse, structure=np.ones((3, 3)), iterations=2)
+    coarse = ndimage.binary_fill_holes(coarse)
+    labels, n = ndimage.label(coarse)
+    if n == 0:
+        return 0, h, 0, w
+    areas = np.bincount(labels.ravel())[1:]
+    biggest = int(np.argmax(areas)) + 1
+    if areas[biggest - 1] < 0.05 * coarse.size:
+        return 0, h, 0, w
+    rows, cols = ndimage.find_objects(labels)[biggest - 1]
+    return rows.start * f, min(rows.stop * f, h), cols.start * f, min(cols.stop * f, w)
+
+
+def letterbox(gray: np.ndarray, size: int) -> np.ndarray:
+    """Return ``gray`` scaled to fit a ``size`` x ``size`` square (aspect kept), centred on black."""
+    h, w = gray.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = Image.fromarray(np.ascontiguousarray(gray)).resize(
+        (nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0
+    )
+    out = np.zeros((size, size), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = np.asarray(resized)
+    return out
+
+
+def prepare(array: np.ndarray, options: Preprocess, box: Box | None = None) -> np.ndarray:
+    """Return the stored (size, size) uint8 image of a decoded uint8 frame.
+
+    Args:
+        array: (H, W) or (H, W, 3) uint8 frame.
+        options: the preprocessing settings.
+        box: ultrasound region to crop to (e.g. from DICOM's Sequence of Ultrasound Regions);
+            None uses ``options.crop``.
+
+    Raises:
+        ImageRejected: "doppler" for a colour-Doppler frame, "unreadable" for an empty frame.
+    """
+    if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageRejected("unreadable", f"frame of shape {array.shape}")
+    if box is None and options.crop == "auto":
+        box = auto_region(to_gray(array))
+    if box is not None:
+        top, bottom, left, right = box
+        cropped = array[top:bottom, left:right]
+        if cropped.shape[0] > 1 and cropped.shape[1] > 1:
+            array = cropped
+    if options.doppler_fraction < 1:
+        coloured = colour_fraction(array, options.doppler_chroma)
+        if coloured > options.doppler_fraction:
+            raise ImageRejected("doppler", f"{coloured:.1%} coloured pixels in the image region")
+    return letterbox(to_gray(array), options.size)
