@@ -125,11 +125,12 @@ def sweep_boxplot(
         if values.min() > 0 and values.max() / values.min() >= 10:
             ax.set_xscale("log")
     seeds = data.groupby(["arm", param]).size()
+    count = f"{seeds.min()}" + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
+    symbol = PARAM_LABELS.get(param, param).split(" (")[0]
     ax.set_xlabel(PARAM_LABELS.get(param, param))
     ax.set_ylabel(Y_LABEL)
-    ax.set_title(title or f"Sensitivity to {param} ({seeds.min()}–{seeds.max()} seeds per box)")
-    if seeds.min() == seeds.max():
-        ax.set_title(title or f"Sensitivity to {param} ({seeds.min()} seeds per box)")
+    detail = f"{count} runs per box" if len(values) <= max_boxes else "one point per run"
+    ax.set_title(title or f"Test weighted F1 against {symbol} ({detail})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title=None, frameon=False, loc="best")
     fig.tight_layout()
@@ -195,7 +196,7 @@ def fraction_plot(
         ax.set_xlabel("Labelled images used (% of the labelled set)")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(frameon=False, fontsize="small", loc="lower right")
+        ax.legend(frameon=False, fontsize="small", loc="best")
     axes[0][0].set_ylabel(Y_LABEL)
     fig.suptitle(suptitle, fontsize="medium")
     fig.tight_layout()
@@ -219,5 +220,6 @@ def fig6_panels(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     semi = "fixmatch_two" if "fixmatch_two" in strategies else "fixmatch_one"
     right = runs[runs["strategy"].isin(["supervised", semi])]
     if right.groupby(["strategy", "init_kind"]).ngroups >= 2:
-        panels.append(("Supervised vs semi-supervised, by initialisation", right))
+        name = STRATEGY_NAMES[semi]
+        panels.append((f"Supervised vs semi-supervised ({name}), by initialisation", right))
     return panels

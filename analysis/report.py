@@ -27,7 +27,7 @@ log = get_logger(__name__)
 SWEEPS = ("lam", "alpha", "tau", "lambda_u")
 # Held at their most frequent value within a strategy while another one is plotted.
 HELD = (*SWEEPS, "label_fraction", "init_kind")
-SWEEP_TITLES = {"lam": "Fig. 5: weighted F1 against λ over seeds (PICA vs LSD)"}
+SWEEP_TITLES = {"lam": "Fig. 5: sensitivity to λ over seeds"}
 DATASET_PARAMS = ("dataset", "data", "data_dir", "dataset_path")
 
 
@@ -51,8 +51,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def hold_fixed(runs: pd.DataFrame, vary: str) -> tuple[pd.DataFrame, list[str]]:
-    """Return ``runs`` with every ``HELD`` column except ``vary`` at one value per strategy.
+def hold_fixed(runs: pd.DataFrame, *vary: str) -> tuple[pd.DataFrame, list[str]]:
+    """Return ``runs`` with every ``HELD`` column not in ``vary`` at one value per strategy.
 
     Returns:
         The kept runs and one line per held column that took several values (what was kept).
@@ -60,7 +60,7 @@ def hold_fixed(runs: pd.DataFrame, vary: str) -> tuple[pd.DataFrame, list[str]]:
     kept, held = [], []
     for strategy, group in runs.groupby("strategy", sort=False):
         for col in HELD:
-            if col == vary or col not in group or group[col].nunique() < 2:
+            if col in vary or col not in group or group[col].nunique() < 2:
                 continue
             value = group[col].value_counts().index[0]
             group = group[group[col] == value]
@@ -121,13 +121,13 @@ def build_report(
             continue
         runs, held = hold_fixed(runs, param)
         title = SWEEP_TITLES.get(param, f"Sensitivity to {figures.PARAM_LABELS.get(param, param)}")
-        fig = figures.sweep_boxplot(runs, param, title=title.split(": ", 1)[-1])
+        fig = figures.sweep_boxplot(runs, param)
         stem = "fig5_lambda" if param == "lam" else f"fig_{param}_sensitivity"
         caption = "Boxes: quartiles over seeds; points: one run each. " + "; ".join(held)
         add(Section(title, caption, figures.save(fig, out, stem)))
     panels = figures.fig6_panels(frame)
     if panels:
-        panels = [(t, hold_fixed(r, "label_fraction")[0]) for t, r in panels]
+        panels = [(t, hold_fixed(r, "label_fraction", "init_kind")[0]) for t, r in panels]
         fig = figures.fraction_plot(panels, method=method, level=level)
         caption = f"{stats.method_text(method, level)}; colour = method, line style = init."
         add(
@@ -171,7 +171,7 @@ def build_report(
                 4,
             )
         )
-    _tsne_section(frame, out, checkpoint, dataset, tracking_uri, report)
+    _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
     report.html.write_text(
         render_html(study, frame, parent, report, tracking_uri), encoding="utf-8"
     )
@@ -200,59 +200,56 @@ def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
     return stats.summarize(data, keys, method=method, level=level).set_index(keys)
 
 
-def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, report: Report) -> None:
-    """Add the t-SNE figure when a clustering checkpoint and a dataset are at hand."""
+def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report) -> None:
+    """Add the t-SNE figure when a clustering checkpoint and a dataset are at hand.
+
+    Defaults: the ``best.pt`` artifact of the best PICA/LSD run and the dataset directory
+    logged by the study (the parent's ``dataset`` param), when it exists on this machine.
+    """
     clustering = frame[frame["strategy"].isin(["pica", "lsd"])]
     if checkpoint is None and dataset is None and clustering.empty:
         return
     run = select_best(clustering)[0] if not clustering.empty else None
+    if dataset is None:
+        logged = [parent["params"].get(p) for p in DATASET_PARAMS]
+        logged += [run.get(p) for p in DATASET_PARAMS] if run is not None else []
+        dataset = next((d for d in logged if isinstance(d, str) and Path(d).is_dir()), None)
+    source = str(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None and run is not None:
             checkpoint = _find_checkpoint(run, tracking_uri, Path(tmp))
-        if dataset is None and run is not None:
-            dataset = next(
-                (
-                    run[p]
-                    for p in DATASET_PARAMS
-                    if isinstance(run.get(p), str) and Path(run[p]).is_dir()
-                ),
-                None,
-            )
+            source = f"{getattr(checkpoint, 'name', '')} of run {run['run_id']}"
         if checkpoint is None or dataset is None:
             report.notes.append(
-                "t-SNE (Fig. 2 right) left out: pass --checkpoint and --dataset to draw it"
+                "t-SNE (Fig. 2 right) left out: no clustering checkpoint artifact or dataset "
+                "directory found; pass --checkpoint and --dataset to draw it"
             )
             return
-        size = run.get("image_size") if run is not None else None
-        feats, clusters, labels = tsne.extract_features(
-            checkpoint, dataset, image_size=None if pd.isna(size) else int(size)
-        )
+        feats, clusters, labels = tsne.extract_features(checkpoint, dataset)
     fig = tsne.tsne_figure(tsne.embed(feats), clusters, labels)
-    caption = f"t-SNE of the backbone features of test images; checkpoint {Path(checkpoint).name}."
-    report.sections.append(
-        Section(
-            "Fig. 2 (right): t-SNE of learned features",
-            caption,
-            figures.save(fig, out, "fig2_tsne"),
-        )
-    )
+    caption = f"t-SNE of the backbone features of test images; checkpoint: {source}."
+    title = "Fig. 2 (right): t-SNE of learned features"
+    report.sections.append(Section(title, caption, figures.save(fig, out, "fig2_tsne")))
 
 
 def _find_checkpoint(run: pd.Series, tracking_uri: str | None, tmp: Path) -> Path | None:
-    """Return a local copy of the run's first ``.pt`` artifact, or None if it logged none."""
+    """Return a local copy of the run's ``best.pt`` (else first ``.pt``) artifact, or None."""
     from mlflow.tracking import MlflowClient
 
     from uslearn.paths import default_tracking_uri
 
     client = MlflowClient(tracking_uri or default_tracking_uri())
-    pending = [None]
+    pending, found = [None], []
     while pending:
         for item in client.list_artifacts(run["run_id"], pending.pop()):
             if item.is_dir:
                 pending.append(item.path)
             elif item.path.endswith(".pt"):
-                return Path(client.download_artifacts(run["run_id"], item.path, str(tmp)))
-    return None
+                found.append(item.path)
+    if not found:
+        return None
+    best = next((p for p in found if Path(p).name == "best.pt"), found[0])
+    return Path(client.download_artifacts(run["run_id"], best, str(tmp)))
 
 
 def render_html(

@@ -148,6 +148,8 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         if name in out:
             raise RunsError(f"param '{name}' collides with the id column of the same name")
         out[name] = typed_param(name, values)
+    if "dataset_fingerprint" not in out and "tags.dataset_fingerprint" in raw:
+        out["dataset_fingerprint"] = raw["tags.dataset_fingerprint"]
     if "init_kind" not in out and "init" in out:
         out["init_kind"] = out["init"].map(init_kind)
     for col in raw.columns:

@@ -187,13 +187,17 @@ def _flat(labels: object) -> str:
 def formatted(
     table: pd.DataFrame, decimals: int, integer_rows: tuple[str, ...] = (N_LABELS,)
 ) -> pd.DataFrame:
-    """Return ``table`` as strings: ``decimals`` places, counts of ``integer_rows`` as integers."""
-    out = table.astype(object).copy()
-    for key in table.index:
-        first = key[0] if isinstance(key, tuple) else key
-        places = 0 if first in integer_rows else decimals
-        out.loc[key] = [_cell(v, places) for v in table.loc[key]]
-    return out
+    """Return ``table`` as strings: ``decimals`` places; integer columns and ``integer_rows``
+    (counts such as ``n_labels``) as integers; missing values as empty strings."""
+    whole = [(key[0] if isinstance(key, tuple) else key) in integer_rows for key in table.index]
+    cells = []
+    for i in range(len(table)):
+        row = []
+        for j in range(table.shape[1]):
+            integral = whole[i] or pd.api.types.is_integer_dtype(table.dtypes.iloc[j])
+            row.append(_cell(table.iloc[i, j], 0 if integral else decimals))
+        cells.append(row)
+    return pd.DataFrame(cells, index=table.index, columns=table.columns, dtype=object)
 
 
 def to_markdown(table: pd.DataFrame, decimals: int = 2) -> str:

@@ -44,8 +44,8 @@ def extract_features(
             ``cluster`` head; its head sizes and stem are read from the state dict.
         dataset: a dataset directory (``Dataset.open``).
         split: which split's images to embed.
-        image_size: resize images to this side before the network (the size it was trained
-            at); None keeps the dataset's size.
+        image_size: resize images to this side before the network; None takes the size it
+            was trained at from the checkpoint's ``config`` (else keeps the dataset's size).
         max_images: a random subset of at most this many images (t-SNE is O(N log N) but slow
             beyond a few thousand points); None keeps all.
         seed: seed of that subset.
@@ -80,6 +80,9 @@ def extract_features(
         raise UserError(f"{file}: its model has heads {sorted(heads)}, no '{CLUSTER_HEAD}' head")
     conv1 = state.get("backbone.conv1.weight")
     stem = "gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat"
+    if image_size is None and isinstance(payload.get("config"), dict):
+        # Trained at this size (TrainConfig.image_size); the stored images may be larger.
+        image_size = payload["config"].get("image_size")
     network = Network(heads, stem=stem)
     network.load_state_dict(state)
     network.eval()

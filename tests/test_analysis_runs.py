@@ -5,15 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_analysis_factories import fraction_trials, lambda_trials, log_study, make_store
+from test_analysis_factories import (
+    fraction_trials,
+    lambda_trials,
+    log_study,
+    new_store,
+    shared_store,
+    sweep_trials,
+)
 
 from analysis.runs import RunsError, load, per_class, typed_param
 from uslearn.data.dataset import CLASSES
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("mlflow"))
+def store():
+    return shared_store()
 
 
 def test_loaded_frame_equals_logged_params_and_metrics(store):
@@ -47,7 +54,7 @@ def test_load_reads_the_latest_invocation_unless_asked_for_all(store):
 def test_experiment_alone_reads_every_child_run(store):
     uri, _ = store
     frame = load(experiment="uslearn", tracking_uri=uri)
-    assert len(frame) == len(lambda_trials()) + 1 + len(fraction_trials())
+    assert len(frame) == len(lambda_trials()) + 1 + len(fraction_trials()) + len(sweep_trials())
 
 
 def test_study_without_runs_is_a_clear_error(store):
@@ -66,12 +73,8 @@ def test_missing_metric_names_the_metric_and_the_runs(store):
         load("lambda_study", tracking_uri=uri, require=("test/nmi",))
 
 
-def test_metric_missing_from_some_runs_lists_them(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("e", artifact_location=str(tmp_path / "a"))
+def test_metric_missing_from_some_runs_lists_them():
+    client, uri, exp = new_store()
     good = (dict(strategy="lsd", seed=0), {"test/f1_weighted": 0.5})
     bad = (dict(strategy="lsd", seed=1), {"val/f1_weighted": 0.5})
     log_study(client, exp, "s", [good, bad])
@@ -79,12 +82,8 @@ def test_metric_missing_from_some_runs_lists_them(tmp_path):
         load("s", tracking_uri=uri)
 
 
-def test_failed_runs_are_left_out(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("e", artifact_location=str(tmp_path / "a"))
+def test_failed_runs_are_left_out():
+    client, uri, exp = new_store()
     parent = log_study(client, exp, "s", [(dict(seed=0), {"test/f1_weighted": 0.5})])
     failed = client.create_run(exp, tags={"study": "s", "mlflow.parentRunId": parent})
     client.set_terminated(failed.info.run_id, "FAILED")

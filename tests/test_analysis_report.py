@@ -1,0 +1,142 @@
+"""analysis tables, figures and ``uslearn report`` on a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_analysis_factories import SUPPORTS, lambda_trials, shared_store
+
+from analysis.report import build_report
+from analysis.runs import load
+from analysis.tables import table1, table2, to_markdown
+from uslearn.cli import main
+from uslearn.data.dataset import CLASSES
+from uslearn.errors import UserError
+
+EXPECTED = {
+    "lambda_study": {"fig5_lambda", "table1", "summary", "paired"},
+    "fraction_study": {"fig6_label_fraction", "table2", "summary", "paired"},
+    "sweep_study": {"fig_alpha_sensitivity", "fig_tau_sensitivity", "table1", "table2", "summary"},
+}
+
+
+@pytest.fixture(scope="module")
+def store():
+    return shared_store()
+
+
+@pytest.fixture(scope="module")
+def reports(store, tmp_path_factory):
+    uri, _ = store
+    out = tmp_path_factory.mktemp("reports")
+    return {study: (build_report(study, out / study, uri), out / study) for study in EXPECTED}
+
+
+def assert_real_png(path, min_colours=50):
+    """The PNG opens, is figure-sized and is not a blank canvas."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert min(pixels.shape[:2]) > 400
+    packed = pixels[..., 0].astype(np.int32) << 16 | pixels[..., 1].astype(np.int32) << 8
+    assert len(np.unique(packed | pixels[..., 2])) >= min_colours
+    assert (pixels < 100).any(), "no dark pixels: no text or axes drawn"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", sorted(EXPECTED))
+def test_report_writes_every_applicable_figure_and_table(reports, study):
+    report, out = reports[study]
+    stems = {p.stem for section in report.sections for p in section.files}
+    assert stems == EXPECTED[study]
+    for stem in stems:
+        if stem.startswith("fig"):
+            assert_real_png(out / f"{stem}.png")
+            assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+        else:
+            for suffix in (".csv", ".md", ".tex"):
+                assert (out / f"{stem}{suffix}").stat().st_size > 100
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", sorted(EXPECTED))
+def test_html_report_embeds_every_figure_and_names_sha_and_fingerprint(reports, study):
+    report, out = reports[study]
+    page = report.html.read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    pngs = sorted(out.glob("*.png"))
+    assert len(embedded) == len(pngs) > 0
+    for png in pngs:
+        assert base64.b64encode(png.read_bytes()).decode() in embedded
+    assert "deadbeef" in page and "abc123" in page and "n_trials" in page
+    assert "<img" in page and 'src="http' not in page  # self-contained
+
+
+@pytest.mark.slow
+def test_report_is_logged_to_the_parent_run(store, reports):
+    from mlflow.tracking import MlflowClient
+
+    uri, parents = store
+    names = {a.path for a in MlflowClient(uri).list_artifacts(parents["lambda_study"], "report")}
+    assert {"report/report.html", "report/fig5_lambda.png", "report/table1.tex"} <= names
+
+
+def test_table1_cells_are_best_and_mean_over_trials_of_the_logged_values(store):
+    uri, _ = store
+    table = table1(load("lambda_study", tracking_uri=uri))
+    logged = [(p, m) for p, m in lambda_trials() if p["lam"] == 2.0]
+    for strategy, name in (("lsd", "LSD"), ("pica", "PICA")):
+        values = [m["test/recall/pancreas"] for p, m in logged if p["strategy"] == strategy]
+        assert table.loc[("Recall", name), ("Pancreas", "Best")] == pytest.approx(100 * max(values))
+        assert table.loc[("Recall", name), ("Pancreas", "Mean")] == pytest.approx(
+            100 * np.mean(values)
+        )
+    n_labels = table.loc[("n_labels", ""), (slice(None), "Best")].to_numpy()
+    assert n_labels.tolist() == [SUPPORTS[c] for c in CLASSES] + [sum(SUPPORTS.values())]
+    markdown = to_markdown(table)
+    assert "| n_labels | 55 |  | 11 |" in markdown and "Gallbladder Best" in markdown
+
+
+def test_table1_best_run_takes_one_trial_whole(store):
+    uri, _ = store
+    frame = load("lambda_study", tracking_uri=uri)
+    table = table1(frame, best="run")
+    lsd = frame[(frame["strategy"] == "lsd") & (frame["lam"] == 2.0)]
+    top = lsd.loc[lsd["test/f1_weighted"].idxmax()]
+    assert table.loc[("Precision", "LSD"), ("Liver", "Best")] == pytest.approx(
+        100 * top["test/precision/liver"]
+    )
+
+
+def test_table2_is_the_run_with_the_best_validation_f1(store):
+    uri, _ = store
+    frame = load("fraction_study", tracking_uri=uri)
+    table, run = table2(frame)
+    assert run["run_id"] == frame.loc[frame["val/f1_weighted"].idxmax(), "run_id"]
+    assert table.loc["F1-score", "weighted avg"] == run["test/f1_weighted"]
+    assert table.loc["n_labels", "Bladder"] == SUPPORTS["bladder"]
+
+
+def test_table1_without_clustering_runs_is_a_clear_error(store):
+    uri, _ = store
+    with pytest.raises(UserError, match="Table 1 needs PICA or LSD runs"):
+        table1(load("fraction_study", tracking_uri=uri))
+
+
+def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, capsys):
+    uri, _ = store
+    args = ["report", "--study", "ghost", "--tracking-uri", uri, "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "study 'ghost' has no runs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_command_writes_the_html_with_a_bootstrap_interval(store, tmp_path, capsys):
+    uri, _ = store
+    args = ["report", "--study", "fraction_study", "--tracking-uri", uri, "--out", str(tmp_path)]
+    assert main([*args, "--interval", "bootstrap", "--no-log"]) == 0
+    assert str(tmp_path / "report.html") in capsys.readouterr().out
+    assert "percentile bootstrap" in (tmp_path / "report.html").read_text()
