@@ -85,3 +85,38 @@ def best_clustering_checkpoint(
         )
         return local, why
     return None
+
+
+def dc_init(tracking_uri: str, given: str | None) -> tuple[str | None, str]:
+    """Return (deep-clustering checkpoint or None, a sentence saying where it came from).
+
+    Raises:
+        UserError: ``given`` (``--dc-init``) does not exist.
+    """
+    from uslearn.errors import UserError
+
+    if given:
+        if not Path(given).exists():
+            raise UserError(f"--dc-init {given}: no such file or directory")
+        return str(Path(given).resolve()), f"deep-clustering init from --dc-init {given}"
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).is_file():
+        found = None  # no local MLflow store yet: nothing to look up
+    else:
+        found = best_clustering_checkpoint(tracking_uri)
+    if found is None:
+        return None, (
+            "no deep-clustering checkpoint found in MLflow: run studies/unsupervised_table.py "
+            "(or lambda_sensitivity.py) first, or pass --dc-init PATH"
+        )
+    return str(found[0]), f"deep-clustering init: {found[1]}"
+
+
+def imagenet_init() -> tuple[bool, str]:
+    """Return (whether ImageNet weights are present, a sentence for the study's notes)."""
+    file = imagenet_weights()
+    if file is not None:
+        return True, f"ImageNet weights: {file}"
+    return False, (
+        "ImageNet weights not found (torch hub cache or $USLEARN_IMAGENET); nothing is "
+        "downloaded at run time, so the ImageNet arms are skipped"
+    )

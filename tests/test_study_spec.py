@@ -1,0 +1,250 @@
+"""Study specs, plans, resources and the dry run: pure logic, no Ray started."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from uslearn.config import ConfigError
+from uslearn.study import dryrun
+from uslearn.study.cli import _resources, load_study, main, parse_sets
+from uslearn.study.resources import (
+    Resources,
+    concurrency,
+    estimate_seconds,
+    images_per_trial,
+    trial_throughput,
+)
+from uslearn.study.spec import (
+    Choice,
+    LogUniform,
+    Search,
+    StudySpec,
+    make_cells,
+    make_plan,
+    validate,
+)
+from uslearn.study.trial import for_tune, trial_name
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.py"))
+
+
+def make_spec(**changes) -> StudySpec:
+    """Return a small two-arm grid spec, with ``changes`` applied."""
+    fields = {
+        "name": "probe",
+        "title": "probe study",
+        "fixed": {"k": 0, "alpha": 1.05},
+        "arms": {"pica": {"strategy": "pica"}, "lsd": {"strategy": "lsd"}},
+        "grid": {"lam": [0.5, 2.0, 10.0]},
+        "seeds": (0, 1, 2, 3),
+    }
+    fields.update(changes)
+    return StudySpec(**fields)
+
+
+def study_args(**changes) -> argparse.Namespace:
+    """Return the Namespace a study builder receives, with defaults."""
+    values = {"tracking_uri": "sqlite:////nonexistent/mlflow.db", "dc_init": None, "profile": None}
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def test_grid_with_seeds_has_exactly_the_expected_cells():
+    plan = make_plan(make_spec(), "paper")
+    trials = plan.grid_trials()
+    assert plan.num_trials() == len(trials) == 2 * 3 * 4
+    names = [cell.name for cell in plan.cells]
+    assert names == [f"{a} lam={v}" for a in ("pica", "lsd") for v in ("0.5", "2", "10")]
+    pairs = {(c["strategy"], c["lam"], c["seed"]) for _, _, c in trials}
+    assert len(pairs) == 24
+    assert {s for _, s, _ in trials} == {0, 1, 2, 3}
+
+
+def test_cpu_demo_profile_keeps_the_first_seeds_and_shrinks_the_images():
+    plan = make_plan(make_spec(), "cpu-demo")
+    assert plan.seeds == (0, 1)
+    assert plan.num_trials() == 12
+    assert plan.base["image_size"] == 32 and plan.base["device"] == "cpu"
+
+
+def test_precedence_is_fixed_then_profile_then_study_override_then_cli_then_cell():
+    spec = make_spec(
+        fixed={"k": 0, "epochs": 500, "lr": 0.1, "alpha": 1.05},
+        profile_overrides={"cpu-demo": {"lr": 0.01, "batch_exams": 8}},
+    )
+    plan = make_plan(spec, "cpu-demo", overrides={"batch_exams": 4, "lam": 99.0})
+    config = plan.trial_config({"cell": "lsd lam=2", "seed": 1})
+    assert config["epochs"] == plan.profile.overrides["epochs"]  # profile beats fixed
+    assert config["lr"] == 0.01  # the study's profile override beats the profile
+    assert config["batch_exams"] == 4  # the command line beats the study
+    assert config["lam"] == 2.0 and config["seed"] == 1  # the cell beats everything
+
+
+def test_device_and_workers_follow_the_trial_resources():
+    gpu = make_plan(make_spec(), "gpu", resources=Resources(workers=2, gpus_per_worker=1))
+    assert gpu.base["device"] == "cuda" and gpu.base["workers"] == 2
+    cpu = make_plan(make_spec(), "gpu", resources=Resources(workers=1, gpus_per_worker=0))
+    assert cpu.base["device"] == "cpu" and cpu.base["workers"] == 1
+
+
+def test_validate_names_the_cell_of_an_unknown_key():
+    spec = make_spec(arms={"sup": {"strategy": "supervised"}}, grid={"lam": [1.0]})
+    with pytest.raises(
+        ConfigError, match=r"cell 'sup lam=1'.*unknown key\(s\) \['alpha', 'k', 'lam'\]"
+    ):
+        validate(make_plan(spec, "paper"))
+
+
+def test_validate_rejects_an_out_of_range_value():
+    with pytest.raises(ConfigError, match="lam=-1"):
+        validate(make_plan(make_spec(grid={"lam": [1.0, -1.0]}), "paper"))
+
+
+def test_validate_checks_both_ends_of_a_search_range():
+    search = Search(space={"tau": LogUniform(0.5, 1.5)}, num_samples={"default": 4})
+    spec = make_spec(arms={"fm": {"strategy": "fixmatch_two"}}, grid={}, fixed={}, search=search)
+    with pytest.raises(ConfigError, match=r"search tau=1.5"):
+        validate(make_plan(spec, "paper"))
+
+
+def test_a_search_runs_one_seed_and_its_sampled_values_win():
+    search = Search(
+        space={"lam": LogUniform(0.5, 10), "k": Choice((4, 8))}, num_samples={"paper": 9}
+    )
+    spec = make_spec(arms={"lsd": {"strategy": "lsd"}}, grid={}, search=search)
+    plan = make_plan(spec, "paper")
+    validate(plan)
+    assert plan.num_trials() == 9 and plan.seeds == (0,)
+    assert plan.trial_config({"lam": 3.0, "k": 8}) | {} == {
+        **plan.base,
+        "strategy": "lsd",
+        "lam": 3.0,
+        "k": 8,
+    }
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"name": "Bad Name"}, "lower_snake_case"),
+        ({"seeds": (0, 0)}, "distinct"),
+        ({"grid": {"seed": [1, 2]}}, "seeds="),
+        ({"grid": {"lam": []}}, "no values"),
+        ({"mode": "up"}, "max or min"),
+        ({"search": Search({"lam": LogUniform(1, 2)}, {"default": 2})}, "one arm"),
+    ],
+)
+def test_a_malformed_spec_is_rejected_at_construction(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        make_spec(**changes)
+
+
+def test_two_cells_with_one_name_are_rejected():
+    spec = make_spec(arms={"a": {"strategy": "lsd"}, "a ": {"strategy": "pica"}}, grid={})
+    with pytest.raises(ConfigError, match="share a name"):
+        make_cells(spec)
+
+
+def test_ddp_trials_cannot_share_a_gpu():
+    with pytest.raises(ConfigError, match="fractional GPUs"):
+        Resources(workers=2, gpus_per_worker=0.5)
+    assert Resources(workers=1, gpus_per_worker=0).mode == "in-process"
+    assert Resources(workers=1, gpus_per_worker=0.5).mode == "train"
+    assert Resources(workers=2, gpus_per_worker=0).mode == "train"
+
+
+def test_concurrency_is_what_fits_capped_by_the_limit():
+    half = Resources(workers=1, gpus_per_worker=0.5, cpus_per_worker=2)
+    assert concurrency(half, {"CPU": 16, "GPU": 2}) == 4
+    assert concurrency(half, {"CPU": 6, "GPU": 2}) == 3
+    assert concurrency(half, {"CPU": 16, "GPU": 2}, limit=2) == 2
+    # An autoscaling cluster before its GPU nodes start: Tune waits, we do not fail.
+    assert concurrency(half, {"CPU": 8}) == 1
+    assert concurrency(half, {"CPU": 8}, limit=3) == 3
+
+
+def test_estimate_packs_the_longest_trials_first():
+    assert estimate_seconds([10, 10, 10, 10], ips=1.0, parallel=2, startup_s=0) == 20
+    assert estimate_seconds([30, 10, 10], ips=1.0, parallel=2, startup_s=1) == 31
+    assert estimate_seconds([5], ips=1.0, parallel=4, startup_s=0) == 5
+
+
+def test_throughput_scales_with_pixels_and_packing():
+    full = trial_throughput("cuda", 224, 1.0, 1)
+    assert trial_throughput("cuda", 224, 0.5, 1) == pytest.approx(full * 1.46 / 2)
+    assert trial_throughput("cpu", 64, 0, 1) == pytest.approx(
+        4 * trial_throughput("cpu", 128, 0, 1)
+    )
+
+
+def test_clustering_counts_two_views_of_the_training_images():
+    counts = {"labelled": 100, "unlabelled": 900, "val": 300, "test": 0}
+    config = {"strategy": "lsd", "epochs": 3}
+    assert images_per_trial(config, counts, per_exam=10) == 2 * 1000 * 3 + 3 * 100
+
+
+def test_trial_names_are_readable_and_filesystem_safe():
+    plan = make_plan(make_spec(), "paper")
+    assert trial_name(plan, {"cell": "lsd lam=0.5", "seed": 3}, "x") == "lsd-lam=0.5_seed=3"
+    assert trial_name(plan, {"lam": 1.0}, "ab_00001") == "trial_ab_00001"
+
+
+def test_tune_gets_the_summary_metrics_and_mlflow_the_per_class_ones():
+    metrics = {"val/f1_weighted": 0.5, "test/f1/liver": 0.7, "step": 3.0}
+    assert for_tune(metrics) == {"val/f1_weighted": 0.5, "step": 3.0}
+
+
+def test_command_line_overrides_resources_and_config():
+    args = argparse.Namespace(workers_per_trial=2, num_gpus_per_trial=2.0, cpus_per_worker=None)
+    res = _resources(Resources(1, 0.5, 4.0), args)
+    assert (res.workers, res.gpus_per_worker, res.cpus_per_worker) == (2, 1.0, 4.0)
+    assert parse_sets(["lr=0.01", "init = imagenet"]) == {"lr": "0.01", "init": "imagenet"}
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        parse_sets(["lr"])
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_every_study_builds_and_validates_its_spec_without_starting_ray(path, monkeypatch):
+    monkeypatch.setenv("USLEARN_IMAGENET", "/nonexistent/resnet18.pth")
+    study, file = load_study(str(path))
+    assert file == str(path)
+    spec = study(study_args()) if callable(study) else study
+    assert spec.name == path.stem
+    for profile in ("cpu-demo", "gpu", "paper"):
+        validate(make_plan(spec, profile))
+    ray = importlib.util.find_spec("ray") and __import__("ray")
+    assert not ray.is_initialized()
+
+
+def test_the_paper_grids_have_the_papers_sizes():
+    lam, _ = load_study("lambda_sensitivity")
+    assert make_plan(lam, "paper").num_trials() == 40  # {PICA, LSD} x 5 lambdas x 4 seeds
+    table, _ = load_study("unsupervised_table")
+    assert make_plan(table, "paper").num_trials() == 10  # {PICA, LSD} at lambda=2 x 5 seeds
+
+
+def test_dry_run_prints_the_trials_the_resources_and_an_estimate(tmp_path, capsys):
+    lam, file = load_study("lambda_sensitivity")
+    argv = ["--dry-run", "--profile", "cpu-demo", "--data", str(tmp_path / "absent")]
+    assert main(lam, file, argv) == 0
+    out = capsys.readouterr().out
+    assert "20 trials = 10 cells x 2 seeds, no pruner" in out
+    assert "pica lam=0.5" in out and "lsd lam=10" in out
+    assert "run in the Tune trial process" in out
+    assert "estimate: unknown until the dataset exists" in out
+
+
+def test_dry_run_estimate_comes_from_the_dataset_and_the_throughput(tmp_path):
+    plan = make_plan(make_spec(), "cpu-demo")
+    counts = {"labelled": 100, "unlabelled": 900, "val": 300, "test": 300}
+    text = dryrun.describe(plan, {"CPU": 2, "GPU": 0}, counts, per_exam=12.0)
+    assert "cluster: 2 CPU, 0 GPU -> 2 trial(s) at a time" in text
+    seconds, _ = dryrun.estimate(plan, counts, 12.0, parallel=2)
+    one = images_per_trial(plan.grid_trials()[0][2], counts, 12.0) / trial_throughput(
+        "cpu", 32, 0, 1
+    )
+    assert seconds == pytest.approx(6 * (one + 4.0))  # 12 trials, 2 at a time
