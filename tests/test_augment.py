@@ -173,3 +173,9 @@ def test_views_run_on_cuda_and_replay_from_a_cuda_generator(name):
     first = PIPELINES[name](x, gen(5, "cuda"))
     assert first.device.type == "cuda"
     torch.testing.assert_close(first, PIPELINES[name](x, gen(5, "cuda")), rtol=0, atol=0)
+
+
+def test_affine_grid_equals_torch():
+    theta = torch.randn(5, 2, 3, generator=gen(10))
+    expected = torch.nn.functional.affine_grid(theta, [5, 1, 24, 24], align_corners=False)
+    torch.testing.assert_close(augment._affine_grid(theta, 24), expected)

@@ -297,3 +297,11 @@ def test_a_few_gradient_steps_lower_supervised_and_fixmatch_losses():
             fn().backward()
             opt.step()
         assert fn().item() < first
+
+
+def test_pica_loss_on_bfloat16_probabilities_is_computed_in_float32():
+    p_a, p_b = make_probs(16, 4, seed=8), make_probs(16, 4, seed=9)
+    low, _ = pica_loss(p_a.bfloat16(), p_b.bfloat16(), 2.0, prior="dirichlet")
+    assert low.dtype == torch.float32
+    reference, _ = pica_loss(p_a.bfloat16().double(), p_b.bfloat16().double(), 2.0, "dirichlet")
+    assert low.item() == pytest.approx(reference.item(), rel=1e-5)

