@@ -25,3 +25,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory):
+    """Return the path of the tiny phantom preset, generated once per test session."""
+    from uslearn.data.phantom import generate_phantom
+
+    return generate_phantom(tmp_path_factory.mktemp("phantom") / "tiny", preset="tiny", seed=0)

@@ -94,6 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         }
     )
     config["strategy"] = args.strategy
+    config["workers"] = args.workers
     resolved = resolved_config(config)  # validates every key before any work starts
     resume_from = (
         args.out / "checkpoint"
@@ -110,7 +111,15 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    if args.mlflow is None:
+    if args.workers > 1:
+        if args.mlflow is not None or resume_from is not None:
+            raise UserError(
+                "--workers > 1 runs without --mlflow and --resume here; use a study (Ray Train) for those"
+            )
+        from uslearn.strategies.distributed import run_local_ddp
+
+        final = run_local_ddp(config, args.data, args.workers, args.out)[0]
+    elif args.mlflow is None:
         final = run(config, args.data, report=show, out_dir=args.out, resume_from=resume_from)
     else:
         import mlflow

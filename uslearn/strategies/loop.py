@@ -146,6 +146,20 @@ def _reduce_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     return values
 
 
+def _from_rank0(value: float, ctx: Context) -> float:
+    """Return rank 0's ``value`` on every rank.
+
+    BatchNorm running statistics differ between DDP ranks after their last local batch, so
+    their validation scores differ slightly; early stopping and the best checkpoint must
+    follow one of them, or ranks would disagree (and deadlock).
+    """
+    if ctx.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 def train(
     strategy: Strategy,
     model: torch.nn.Module,
@@ -229,7 +243,7 @@ def train(
             "train/img_per_s": images_seen * ctx.world_size / max(elapsed, 1e-9),
         }
         net.eval()
-        metrics["val/f1_weighted"] = strategy.validate(_unwrap(net))
+        metrics["val/f1_weighted"] = _from_rank0(strategy.validate(_unwrap(net)), ctx)
         net.train()
         metrics.update(
             step=float(state.step),

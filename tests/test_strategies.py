@@ -1,0 +1,177 @@
+"""Every strategy trains through the shared loop and returns the contract's metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from uslearn.config import ConfigError
+from uslearn.data.dataset import CLASSES
+from uslearn.strategies import STRATEGIES, resolved_config, run
+from uslearn.strategies.loop import NonFiniteLossError
+
+# Tiny but complete: a couple of steps, two evaluations, 32 px.
+FAST = {"image_size": 32, "batch_exams": 4, "max_images_per_exam": 4, "seed": 0, "device": "cpu"}
+PER_STRATEGY = {
+    "pica": {"epochs": 1, "eval_every": 2},
+    "lsd": {"epochs": 1, "eval_every": 2, "alpha": 1.05},
+    "supervised": {"epochs": 2},
+    "fixmatch_one": {"steps": 4, "eval_every": 2, "unlabelled_exams": 2, "tau": 0.6},
+    "fixmatch_two": {"steps": 4, "eval_every": 2, "unlabelled_exams": 2, "tau": 0.6},
+}
+CONTRACT_METRICS = [
+    "test/f1_weighted",
+    "test/precision_weighted",
+    "test/recall_weighted",
+    "val/f1_weighted",
+    "best_step",
+] + [f"test/{m}/{c}" for m in ("f1", "precision", "recall", "support") for c in CLASSES]
+
+
+def config(strategy: str, **overrides) -> dict:
+    return {"strategy": strategy, **FAST, **PER_STRATEGY[strategy], **overrides}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategy_trains_and_reports_contract_metrics(strategy, tiny_phantom, tmp_path):
+    reports = []
+    final = run(
+        config(strategy), tiny_phantom, report=lambda m, c: reports.append((m, c)), out_dir=tmp_path
+    )
+    for name in CONTRACT_METRICS:
+        assert name in final and math.isfinite(final[name]), name
+    assert 0.0 <= final["test/f1_weighted"] <= 1.0
+    assert reports, "report was never called"
+    metrics, checkpoint = reports[-1]
+    assert (
+        math.isfinite(metrics["train/loss"])
+        and "val/f1_weighted" in metrics
+        and "train/img_per_s" in metrics
+    )
+    assert (tmp_path / "checkpoint" / "checkpoint.pt").is_file() and checkpoint == str(
+        tmp_path / "checkpoint"
+    )
+    for name in ("metrics.json", "config.json", "thresholds.json", "per_class.csv", "best.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert list(pd.read_csv(tmp_path / "per_class.csv", index_col="class").index) == [
+        *CLASSES,
+        "weighted",
+    ]
+    assert set(json.loads((tmp_path / "thresholds.json").read_text())) == set(CLASSES)
+    if strategy in ("pica", "lsd"):
+        assert {"train/loss_ce", "train/loss_prior"} <= set(metrics)
+        assert {"test/nmi", "test/ari"} <= set(final)
+        table = pd.read_csv(tmp_path / "cluster_labels.csv", index_col="cluster")
+        values = table[list(CLASSES)].to_numpy()
+        assert ((values >= 0) & (values <= 1)).all()
+    if strategy.startswith("fixmatch"):
+        assert 0.0 <= metrics["train/mask_rate"] <= 1.0
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_phantom, tmp_path):
+    first = run(config("supervised", epochs=1), tiny_phantom, out_dir=tmp_path / "a")
+    second = run(config("supervised", epochs=1), tiny_phantom, out_dir=tmp_path / "b")
+    assert first == second
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_phantom, tmp_path):
+    cfg = config("fixmatch_two", steps=6, eval_every=2)
+    uninterrupted = run(cfg, tiny_phantom, out_dir=tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def crash_after_first_evaluation(metrics, checkpoint):
+        if metrics["step"] >= 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, tiny_phantom, report=crash_after_first_evaluation, out_dir=tmp_path / "killed")
+    resumed = run(
+        cfg,
+        tiny_phantom,
+        out_dir=tmp_path / "resumed",
+        resume_from=tmp_path / "killed" / "checkpoint",
+    )
+    assert resumed == pytest.approx(uninterrupted, abs=1e-6)
+
+
+def test_unknown_config_key_is_rejected_before_training(tiny_phantom):
+    with pytest.raises(ConfigError, match="unknown key"):
+        run({**config("supervised"), "tau": 0.9}, tiny_phantom)
+    with pytest.raises(ConfigError, match="lam"):
+        run(config("pica", lam=-1.0), tiny_phantom)
+
+
+def test_resolved_config_fills_defaults_and_init_kind():
+    resolved = resolved_config({"strategy": "lsd", "init": "runs/x/best.pt"})
+    assert (
+        resolved["lam"] == 2.0
+        and resolved["alpha"] == 1.05
+        and resolved["init_kind"] == "clustering"
+    )
+
+
+def test_non_finite_loss_stops_with_step_and_parts(tiny_phantom, tmp_path, monkeypatch):
+    from uslearn import losses
+
+    real_bce = losses.multilabel_bce
+    calls = {"n": 0}
+
+    def bce_that_explodes_at_step_3(logits, targets):
+        calls["n"] += 1
+        value = real_bce(logits, targets)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(losses, "multilabel_bce", bce_that_explodes_at_step_3)
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss=nan"):
+        run(config("supervised", epochs=3), tiny_phantom, out_dir=tmp_path)
+
+
+def test_clustering_checkpoint_initialises_fine_tuning(tiny_phantom, tmp_path):
+    run(config("lsd"), tiny_phantom, out_dir=tmp_path / "lsd")
+    final = run(
+        config("supervised", epochs=1, init=str(tmp_path / "lsd" / "best.pt")),
+        tiny_phantom,
+        out_dir=tmp_path / "ft",
+    )
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert saved["init_kind"] == "clustering" and math.isfinite(final["test/f1_weighted"])
+    lsd_backbone = torch.load(tmp_path / "lsd" / "best.pt", weights_only=False)["model"]
+    assert any(k.startswith("backbone") or "conv1" in k for k in lsd_backbone)
+
+
+def test_label_fraction_uses_fewer_labelled_images(tiny_phantom, tmp_path):
+    from uslearn.data.dataset import Dataset
+    from uslearn.data.splits import labelled_subset
+
+    data = Dataset.open(tiny_phantom)
+    small, full = labelled_subset(data, 0.5, 0), labelled_subset(data, 1.0, 0)
+    assert 0 < len(small) < len(full) and np.isin(small, full).all()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tiny_phantom, tmp_path):
+    from uslearn.strategies.distributed import run_local_ddp
+
+    cfg = config("supervised", epochs=2, max_images_per_exam=0)
+    ranks = run_local_ddp(
+        {**cfg, "batch_exams": 2, "workers": 2},
+        tiny_phantom,
+        world_size=2,
+        out_dir=tmp_path / "ddp",
+    )
+    single = run({**cfg, "batch_exams": 4}, tiny_phantom, out_dir=tmp_path / "single")
+    assert ranks[0] == ranks[1], "ranks must agree on every metric"
+    # Same exams per global step; per-rank BatchNorm statistics and augmentation draws differ,
+    # so the match is close, not exact.
+    assert ranks[0]["test/f1_weighted"] == pytest.approx(single["test/f1_weighted"], abs=0.15)
+    assert (
+        ranks[0]["best_step"] == single["best_step"]
+        or abs(ranks[0]["val/f1_weighted"] - single["val/f1_weighted"]) < 0.15
+    )
