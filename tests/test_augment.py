@@ -179,3 +179,24 @@ def test_affine_grid_equals_torch():
     theta = torch.randn(5, 2, 3, generator=gen(10))
     expected = torch.nn.functional.affine_grid(theta, [5, 1, 24, 24], align_corners=False)
     torch.testing.assert_close(augment._affine_grid(theta, 24), expected)
+
+
+def test_autocontrast_leaves_flat_images_unchanged():
+    flat = torch.full((2, 1, 8, 8), 0.3)
+    torch.testing.assert_close(
+        augment._intensity("autocontrast", flat, torch.ones(2), torch.ones(2)), flat
+    )
+
+
+@pytest.mark.gpu
+def test_views_on_cuda_never_synchronise_with_the_host():
+    x = make_batch().cuda()
+    g = gen(5, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for fn in PIPELINES.values():
+            fn(x, g)
+        augment.to_input(x, SIZE)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -232,7 +232,11 @@ def _intensity(op: str, x: Tensor, m: Tensor, sign: Tensor) -> Tensor:
     m4 = m.view(-1, 1, 1, 1)
     factor = (1.0 + sign * m * STRONG_ENHANCE).view(-1, 1, 1, 1)  # PIL ImageEnhance factor
     if op == "autocontrast":
-        return TF.autocontrast(x)
+        # Own version of TF.autocontrast: its boolean-mask assignment can synchronise a GPU.
+        low = x.amin(dim=(2, 3), keepdim=True)
+        span = x.amax(dim=(2, 3), keepdim=True) - low
+        flat = span == 0
+        return ((x - torch.where(flat, 0.0, low)) / torch.where(flat, 1.0, span)).clamp(0.0, 1.0)
     if op == "equalize":
         return TF.equalize(x)
     if op == "solarize":
@@ -253,8 +257,8 @@ def _intensity(op: str, x: Tensor, m: Tensor, sign: Tensor) -> Tensor:
 
 def _sharpness(x: Tensor, factor: Tensor) -> Tensor:
     """PIL's sharpness: blend with the 3×3 smoothed image (border pixels kept), per-image factor."""
-    # PIL's smoothing kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (9 · box3 + 4 · centre) / 13;
-    # a box filter is much faster than a 1-channel convolution on CPU.
+    # PIL's smoothing kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (9 · box3 + 4 · centre) / 13,
+    # computed with avg_pool2d rather than a 1-channel convolution (slow on CPU).
     smooth = x.clone()
     box = F.avg_pool2d(x, kernel_size=3, stride=1)
     smooth[:, :, 1:-1, 1:-1] = (9.0 * box + 4.0 * x[:, :, 1:-1, 1:-1]) / 13.0
@@ -264,15 +268,12 @@ def _sharpness(x: Tensor, factor: Tensor) -> Tensor:
 def _cutout(x: Tensor, generator: torch.Generator, fraction: float) -> Tensor:
     """Return x with one gray square of side fraction·S per image, centred anywhere (clipped)."""
     b, _, h, w = x.shape
-    centre = torch.rand(b, 2, generator=generator, device=generator.device) * torch.tensor(
-        [h, w], device=x.device
-    )
+    # Scaled by python numbers: a host tensor [h, w] sent to the GPU would synchronise.
+    centre = torch.rand(b, 2, 1, 1, generator=generator, device=generator.device)
     half = fraction * min(h, w) / 2.0
     rows = torch.arange(h, device=x.device).view(1, h, 1) + 0.5
     cols = torch.arange(w, device=x.device).view(1, 1, w) + 0.5
-    inside = ((rows - centre[:, 0, None, None]).abs() < half) & (
-        (cols - centre[:, 1, None, None]).abs() < half
-    )  # (B, S, S)
+    inside = ((rows - h * centre[:, 0]).abs() < half) & ((cols - w * centre[:, 1]).abs() < half)
     return x.masked_fill(inside.unsqueeze(1), CUTOUT_FILL)
 
 
