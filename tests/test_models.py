@@ -159,3 +159,16 @@ def test_repeat_stem_normalises_each_channel_with_imagenet_statistics():
         net(x)
     expected = (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(seen["x"][0, :, 0, 0], expected)
+
+
+def test_channels_last_model_gets_channels_last_input_and_the_same_logits():
+    net = Network({"cluster": 3}).eval()
+    seen = {}
+    net.backbone.conv1.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+    x = images(2)
+    with torch.no_grad():
+        plain = net(x)["cluster"]
+        net = net.to(memory_format=torch.channels_last)
+        fast = net(x)["cluster"]
+    assert seen["x"].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)

@@ -89,6 +89,9 @@ class Network(nn.Module):
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected grayscale input (B, 1, H, W), got {tuple(x.shape)}")
         x = (x - self.mean) / self.std  # (B, 3, H, W) for "repeat" by broadcasting
+        if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            # A model moved to channels_last (faster under bf16) gets its input in that layout.
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
     def head(self, feats: Tensor) -> dict[str, Tensor]:
