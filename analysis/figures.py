@@ -207,7 +207,7 @@ def fig6_panels(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Return the Fig. 6 panels the runs allow: left One-Head vs Two-Head, right supervised vs
     semi-supervised (Two-Head, else One-Head) × initialisation.
 
-    A panel applies when its runs have a label fraction and it compares at least two arms.
+    The left panel needs both heads; the right one two arms or two label fractions.
     """
     if "label_fraction" not in frame or "strategy" not in frame:
         return []
@@ -219,7 +219,10 @@ def fig6_panels(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         panels.append(("One-Head vs Two-Head (semi-supervised)", heads))
     semi = "fixmatch_two" if "fixmatch_two" in strategies else "fixmatch_one"
     right = runs[runs["strategy"].isin(["supervised", semi])]
-    if right.groupby(["strategy", "init_kind"]).ngroups >= 2:
+    if (
+        right.groupby(["strategy", "init_kind"]).ngroups >= 2
+        or right["label_fraction"].nunique() > 1
+    ):
         name = STRATEGY_NAMES[semi]
         panels.append((f"Supervised vs semi-supervised ({name}), by initialisation", right))
     return panels

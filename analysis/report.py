@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis import figures, stats, tables, tsne
 from analysis.runs import load, parent_run
+from uslearn.errors import UserError
 from uslearn.log import get_logger
 
 log = get_logger(__name__)
@@ -109,6 +110,8 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = load(study, tracking_uri=tracking_uri, invocation=invocation)
+    if "strategy" not in frame:
+        raise UserError(f"study '{study}': its runs have no 'strategy' param (DESIGN.md contract)")
     parent = parent_run(frame, tracking_uri)
     report = Report(html=out / "report.html")
     add = report.sections.append
@@ -159,7 +162,8 @@ def build_report(
     if not paired.empty:
         caption = (
             "Paired comparisons across seeds (a − b of test weighted F1): paired t-test, "
-            "Wilcoxon signed-rank, Cohen's d_z and rank-biserial r."
+            "Wilcoxon signed-rank, Cohen's d_z and rank-biserial r; p-values are not corrected "
+            "for the number of comparisons."
         )
         paired = paired.set_index(["comparison", "group"])
         add(
@@ -283,6 +287,8 @@ def render_html(
     constant = {
         c: frame[c].iloc[0] for c in _param_columns(frame) if frame[c].nunique(dropna=False) == 1
     }
+    tags = {k: v for k, v in parent["tags"].items() if not k.startswith("mlflow.")}
+    body += ["<h2>Study tags</h2>", _dl(tags)]
     body += ["<h2>Settings shared by every trial</h2>", _dl(constant)]
     for section in report.sections:
         body.append(f"<h2>{esc(section.title)}</h2>")

@@ -157,9 +157,15 @@ def tsne_figure(
     names, counts = np.unique(combos, return_counts=True)
     top = list(names[np.argsort(-counts, kind="stable")][:max_legend])
     shown = np.where(np.isin(combos, top), combos, RARE)
-    order = top + ([RARE] if (shown == RARE).any() else [])
-    palette = dict(zip(top, sns.color_palette("tab10" if len(top) <= 10 else "husl", len(top))))
-    palette[RARE] = (0.75, 0.75, 0.75)
+    # Rare combinations first, in light grey, so the named ones are drawn over them.
+    order = ([RARE] if (shown == RARE).any() else []) + top
+    tab10 = sns.color_palette("tab10", 10)
+    # tab10 without its grey (kept for the rare ones), plus black: ten distinct colours.
+    colours = [c for i, c in enumerate(tab10) if i != 7] + [(0.0, 0.0, 0.0)]
+    if len(top) > len(colours):
+        colours = sns.color_palette("husl", len(top))
+    palette = dict(zip(top, colours))
+    palette[RARE] = (0.8, 0.8, 0.8)
 
     ids = np.unique(clusters)
     cluster_palette = dict(zip(ids, sns.color_palette("husl", len(ids))))

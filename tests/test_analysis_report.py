@@ -136,7 +136,24 @@ def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, 
 @pytest.mark.slow
 def test_report_command_writes_the_html_with_a_bootstrap_interval(store, tmp_path, capsys):
     uri, _ = store
-    args = ["report", "--study", "fraction_study", "--tracking-uri", uri, "--out", str(tmp_path)]
+    args = ["report", "--study", "sweep_study", "--tracking-uri", uri, "--out", str(tmp_path)]
     assert main([*args, "--interval", "bootstrap", "--no-log"]) == 0
     assert str(tmp_path / "report.html") in capsys.readouterr().out
     assert "percentile bootstrap" in (tmp_path / "report.html").read_text()
+
+
+def test_hold_fixed_keeps_the_most_frequent_value_of_other_swept_params_per_strategy():
+    import pandas as pd
+
+    from analysis.report import hold_fixed
+
+    frame = pd.DataFrame(
+        dict(
+            strategy=["lsd"] * 5 + ["pica"] * 2,
+            lam=[0.5, 2.0, 0.5, 2.0, 2.0, 1.0, 1.0],
+            alpha=[1.1, 1.1, 1.1, 1.1, 1.5, 1.05, 1.05],
+        )
+    )
+    kept, held = hold_fixed(frame, "lam")
+    assert kept["alpha"].tolist() == [1.1] * 4 + [1.05] * 2
+    assert held == ["LSD: alpha held at 1.1"]
