@@ -7,27 +7,20 @@ this leak: the same frame exported twice under two patients), and store files th
 after writing (fingerprint). Notes (printed only): unlabelled rows inside a labelled split,
 classes without a positive example, constant (blank) images.
 
-Near-duplicates: every image is reduced to a 16 x 16 thumbnail (block means), centred and
-scaled to unit length; two images in different splits are near-duplicates when the
-correlation of their thumbnails is at least ``near_duplicate`` (0.99). Bit hashes such as
-dHash are not used: at 8 x 8 the black frame around the sector dominates them, so different
-patients' frames from one scanner collide; a re-encoded or resized copy of one frame keeps a
-correlation near 1, while two different frames from different patients rarely pass 0.95.
+How duplicates are found: ``uslearn/data/duplicates.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from uslearn.data.dataset import CLASSES, SPLITS, Dataset, DatasetError
+from uslearn.data.duplicates import cross_split_duplicates
 from uslearn.data.splits import split_counts
 
-THUMB = 16
-CHUNK = 512
 EXAMPLES = 3
 
 
@@ -81,69 +74,15 @@ def combination_names(labels: np.ndarray) -> pd.Series:
     return pd.Series(names, dtype=object)
 
 
-def image_digests_and_thumbnails(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (16-byte blake2b digest per image, (N, 256) float32 unit thumbnails; 0 if constant)."""
-    n, h, w = images.shape
-    ys = np.linspace(0, h, THUMB + 1).astype(int)[:-1]
-    xs = np.linspace(0, w, THUMB + 1).astype(int)[:-1]
-    y_sizes = np.diff(np.append(ys, h))
-    x_sizes = np.diff(np.append(xs, w))
-    digests = np.empty(n, dtype="S16")
-    thumbs = np.empty((n, THUMB * THUMB), np.float32)
-    for start in range(0, n, CHUNK):
-        block = np.asarray(images[start : start + CHUNK])
-        for i, image in enumerate(block):
-            digests[start + i] = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-        sums = np.add.reduceat(np.add.reduceat(block.astype(np.float32), ys, axis=1), xs, axis=2)
-        means = (sums / np.outer(y_sizes, x_sizes)).reshape(len(block), -1)
-        means -= means.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(means, axis=1, keepdims=True)
-        thumbs[start : start + len(block)] = np.divide(
-            means, norms, out=np.zeros_like(means), where=norms > 1e-3
-        )
-    return digests, thumbs
-
-
-def _cross_split_pairs(
-    splits: np.ndarray, digests: np.ndarray, thumbs: np.ndarray, threshold: float
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Return (identical pairs, near-duplicate pairs) of rows in different splits."""
-    constant = ~thumbs.any(axis=1)
-    identical = []
-    frame = pd.DataFrame({"digest": digests, "split": splits})[~constant]
-    for _, rows in frame.groupby("digest").groups.items():
-        rows = np.asarray(rows)
-        if len(set(splits[rows])) > 1:
-            first = rows[0]
-            identical += [(first, r) for r in rows[1:] if splits[r] != splits[first]]
-    near = []
-    if threshold <= 1:
-        members = {s: np.flatnonzero((splits == s) & ~constant) for s in SPLITS}
-        for i, a in enumerate(SPLITS):
-            for b in SPLITS[i + 1 :]:
-                rows_a, rows_b = members[a], members[b]
-                if not len(rows_a) or not len(rows_b):
-                    continue
-                for start in range(0, len(rows_a), 4096):
-                    chunk = rows_a[start : start + 4096]
-                    sims = thumbs[chunk] @ thumbs[rows_b].T
-                    hits_a, hits_b = np.nonzero(sims >= threshold)
-                    near += [
-                        (x, y)
-                        for x, y in zip(chunk[hits_a].tolist(), rows_b[hits_b].tolist())
-                        if digests[x] != digests[y]  # identical pairs are reported apart
-                    ]
-    return identical, near
-
-
 def check_dataset(
-    dataset: Dataset, near_duplicate: float = 0.99, verify_fingerprint: bool = True
+    dataset: Dataset, near_duplicate: float = 0.9, verify_fingerprint: bool = True
 ) -> CheckReport:
     """Return counts and the problems found in ``dataset`` (see the module docstring).
 
     Args:
         dataset: an opened dataset.
-        near_duplicate: thumbnail-correlation threshold for near-duplicates; > 1 disables.
+        near_duplicate: residual-thumbnail correlation from which two images in different
+            splits count as near-duplicates; > 1 disables the search.
         verify_fingerprint: recompute the fingerprint from the files (reads the whole store).
     """
     manifest = dataset.manifest
@@ -199,13 +138,9 @@ def check_dataset(
             f"e.g. {manifest['image_id'].iloc[row]}"
         )
 
-    digests, thumbs = image_digests_and_thumbnails(dataset.images)
-    constant = ~thumbs.any(axis=1)
-    if constant.any():
-        notes.append(
-            f"{int(constant.sum())} constant (blank) image(s), not compared for duplicates"
-        )
-    identical, near = _cross_split_pairs(splits, digests, thumbs, near_duplicate)
+    identical, near, n_constant = cross_split_duplicates(dataset.images, splits, near_duplicate)
+    if n_constant:
+        notes.append(f"{n_constant} constant (blank) image(s), not compared for duplicates")
     ids = manifest["image_id"].to_numpy()
     for pairs, what in (
         (identical, "byte-identical"),

@@ -251,8 +251,8 @@ def _add_check(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--near-duplicate",
         type=float,
-        default=0.99,
-        help="thumbnail correlation at which two images count as near-duplicates (default 0.99; >1 disables)",
+        default=0.9,
+        help="correlation from which two images count as near-duplicates (default 0.9; >1 disables)",
     )
     parser.add_argument(
         "--no-fingerprint", action="store_true", help="skip re-hashing the store (faster)"
