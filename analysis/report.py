@@ -200,8 +200,16 @@ def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
             if c in frame and frame[c].nunique() > 1
         ],
     ]
-    data = frame.assign(**{c: frame[c].astype(object).fillna("–") for c in keys})
+    # A param that some strategies lack (λ for supervised runs) reads "–"; text keys also keep
+    # groupby from comparing floats with strings.
+    data = frame.assign(**{c: frame[c].map(_key_text) for c in keys})
     return stats.summarize(data, keys, method=method, level=level).set_index(keys)
+
+
+def _key_text(value: object) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report) -> None:

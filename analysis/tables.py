@@ -201,12 +201,19 @@ def formatted(
 
 
 def to_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
-    """Return ``table`` as a GitHub Markdown table (multi-level labels joined by spaces)."""
+    """Return ``table`` as a GitHub Markdown table.
+
+    Named index levels get a column each; unnamed ones (Table 1's metric and loss) share the
+    first column, and multi-level column labels are joined by spaces.
+    """
     cells = formatted(table, decimals)
-    header = ["", *[_flat(c) for c in cells.columns]]
+    named = any(name is not None for name in table.index.names)
+    index_header = [str(n) for n in table.index.names] if named else [""]
+    header = [*index_header, *[_flat(c) for c in cells.columns]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, row in cells.iterrows():
-        lines.append("| " + " | ".join([_flat(key), *map(str, row)]) + " |")
+        parts = [_cell(k, 4) for k in (key if isinstance(key, tuple) else (key,))]
+        lines.append("| " + " | ".join([*(parts if named else [_flat(key)]), *row]) + " |")
     return "\n".join(lines) + "\n"
 
 
