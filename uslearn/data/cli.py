@@ -65,7 +65,7 @@ def _add_split_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
 
 
-def _add_common_import(parser: argparse.ArgumentParser, crop_default: str) -> None:
+def _add_common_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to create")
     parser.add_argument(
         "--size", type=int, default=224, help="stored image side in pixels (default 224)"
@@ -99,8 +99,8 @@ def _add_common_import(parser: argparse.ArgumentParser, crop_default: str) -> No
     parser.add_argument(
         "--crop",
         choices=("auto", "none"),
-        default=crop_default,
-        help=f"crop to the ultrasound region before resizing (default {crop_default})",
+        default="auto",
+        help="crop to the ultrasound region before resizing (default auto)",
     )
     parser.add_argument(
         "--doppler-fraction",
@@ -132,7 +132,7 @@ def _add_import(data_sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also import image files the CSV does not list, as unlabelled",
     )
-    _add_common_import(parser, crop_default="none")
+    _add_common_import(parser)
     parser.set_defaults(func=_run_import)
 
 
@@ -150,7 +150,7 @@ def _add_import_dicom(data_sub: argparse._SubParsersAction) -> None:
         default=0,
         help="take at most this many evenly spaced frames of a cine loop (default 0 = all)",
     )
-    _add_common_import(parser, crop_default="auto")
+    _add_common_import(parser)
     parser.set_defaults(func=_run_import_dicom)
 
 

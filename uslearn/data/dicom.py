@@ -305,7 +305,7 @@ def import_dicom(
         DatasetError: for bad input, or at the first bad file unless ``settings.skip_bad``.
     """
     started = time.perf_counter()
-    settings = settings or ImportSettings(preprocess=Preprocess(crop="auto"))
+    settings = settings or ImportSettings()
     out, root = Path(out), Path(dicom)
     check_size(settings.preprocess.size)
     decode = functools.partial(decode_file, options=settings.preprocess)

@@ -34,7 +34,8 @@ class Preprocess:
 
     Attributes:
         size: side of the stored square image in pixels.
-        crop: "auto" crops to the largest non-background region; "none" keeps the frame.
+        crop: "auto" crops to the largest non-background region (DICOM: to the ultrasound
+            region when the file declares one); "none" keeps the whole frame.
         doppler_fraction: a colour frame whose region has more than this fraction of
             coloured pixels is rejected as colour Doppler; 1.0 keeps every frame.
         doppler_chroma: a pixel is coloured when max(R,G,B) - min(R,G,B) exceeds this. Grey
@@ -43,7 +44,7 @@ class Preprocess:
     """
 
     size: int = 224
-    crop: str = "none"
+    crop: str = "auto"
     doppler_fraction: float = 0.01
     doppler_chroma: int = 64
 
@@ -111,28 +112,33 @@ def to_gray(array: np.ndarray) -> np.ndarray:
 
 
 def colour_fraction(array: np.ndarray, chroma: int) -> float:
-    """Return the fraction of pixels whose channel spread max - min exceeds ``chroma`` (0 if gray)."""
+    """Return the fraction of pixels in coloured areas: channel spread max - min > ``chroma``.
+
+    Thin coloured strokes (calipers, focus marks, text one or two pixels wide) are removed by
+    a 3 x 3 opening first, so only filled areas such as a Doppler colour box count. 0 for gray.
+    """
     if array.ndim == 2:
         return 0.0
     rgb = array[..., :3]
     spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
-    return float((spread > chroma).mean())
+    coloured = ndimage.binary_opening(spread > chroma, structure=np.ones((3, 3)))
+    return float(coloured.mean())
 
 
 def auto_region(gray: np.ndarray, threshold: int = 12) -> Box:
     """Return the bounding box of the largest non-background region of a frame.
 
     Pixels brighter than ``threshold`` are foreground; on a coarse grid (about 128 cells on
-    the shorter side) gaps are closed and holes filled, so dark fluid inside the sector (the
-    bladder, the gallbladder) stays part of it. Burned-in text, rulers and logos are separate,
-    smaller components and fall outside the box. A frame with no region covering 5 % of it
+    the shorter side) one-cell gaps are closed and holes filled, so dark fluid inside the
+    sector (the bladder, the gallbladder) stays part of it. Burned-in text, rulers and logos
+    more than two cells away are separate, smaller components and fall outside the box. A frame with no region covering 5 % of it
     (blank or very dark) keeps its full extent.
     """
     h, w = gray.shape
     f = max(1, min(h, w) // 128)
     hh, ww = h // f * f, w // f * f
     coarse = gray[:hh, :ww].reshape(hh // f, f, ww // f, f).max(axis=(1, 3)) > threshold
-    coarse = ndimage.binary_closing(coarse, structure=np.ones((3, 3)), iterations=2)
+    coarse = ndimage.binary_closing(coarse, structure=np.ones((3, 3)))
     coarse = ndimage.binary_fill_holes(coarse)
     labels, n = ndimage.label(coarse)
     if n == 0:
