@@ -129,7 +129,8 @@ def sweep_boxplot(
     symbol = PARAM_LABELS.get(param, param).split(" (")[0]
     ax.set_xlabel(PARAM_LABELS.get(param, param))
     ax.set_ylabel(Y_LABEL)
-    detail = f"{count} runs per box" if len(values) <= max_boxes else "one point per run"
+    runs = "run" if count == "1" else "runs"
+    detail = f"{count} {runs} per box" if len(values) <= max_boxes else "one point per run"
     ax.set_title(title or f"Test weighted F1 against {symbol} ({detail})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title=None, frameon=False, loc="best")
