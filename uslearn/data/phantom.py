@@ -20,7 +20,7 @@ import types
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +195,8 @@ def _workers(requested: int | None, n_images: int, n_chunks: int) -> int:
         if requested < 1:
             raise DatasetError(f"--workers {requested}: expected 1 or more")
         return min(requested, n_chunks)
-    # Starting a process costs ~2 s (importing torch): not worth it for small databases.
-    return 1 if n_images < 3000 else max(1, min(os.cpu_count() or 1, 8, n_chunks))
+    # Worker processes pay off from a few thousand images on.
+    return 1 if n_images < 2000 else max(1, min(os.cpu_count() or 1, 8, n_chunks))
 
 
 def _render_all(tasks: list[tuple], workers: int, writer: DatasetWriter, n_images: int):
@@ -215,7 +215,10 @@ def _render_all(tasks: list[tuple], workers: int, writer: DatasetWriter, n_image
             take(render_chunk(task))
     else:
         # Bounded in-flight work keeps memory flat however big the database is.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        # fork (like torch's DataLoader) needs no `if __name__ == "__main__"` guard in the
+        # caller's script; workers render with one torch thread, so no OpenMP pool is inherited.
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
             pending: deque = deque()
             for task in tasks:
                 pending.append(pool.submit(render_chunk, task))

@@ -43,13 +43,13 @@ class Tissue:
 
 
 TISSUES: dict[str, Tissue] = {
-    "mesentery": Tissue(1.0, 0.7, 0.0, 0.55),
+    "mesentery": Tissue(-1.0, 0.7, 0.0, 0.6),
     "liver": Tissue(0.0, 0.5, 1.4, 0.12, "liver"),
     "gallbladder": Tissue(-50.0, 0.01, 2.2, 0.0, "gallbladder"),
     "kidney_cortex": Tissue(-5.0, 0.6, 1.6, 0.15, "kidney"),
-    "kidney_sinus": Tissue(8.0, 0.7, 0.0, 0.6, "kidney"),
+    "kidney_sinus": Tissue(11.0, 0.7, 0.0, 0.5, "kidney"),
     "kidney_pyramid": Tissue(-15.0, 0.5, 0.0, 0.1, "kidney"),
-    "pancreas": Tissue(4.0, 0.6, 0.6, 0.35, "pancreas"),
+    "pancreas": Tissue(7.0, 0.6, 0.3, 0.2, "pancreas"),
     "spleen": Tissue(2.5, 0.5, 1.3, 0.1, "spleen"),
     "bladder": Tissue(-50.0, 0.01, 1.8, 0.0, "bladder"),
     "vein": Tissue(-45.0, 0.05, 0.0, 0.0),
@@ -64,6 +64,7 @@ TISSUES: dict[str, Tissue] = {
     "pelvic_organ": Tissue(-3.0, 0.7, 0.5, 0.25),
     "perirenal_fat": Tissue(5.0, 0.7, 0.0, 0.5),
     "fat_liver": Tissue(6.0, 0.9, 1.0, 0.1, "liver"),
+    "diaphragm": Tissue(9.0, 0.5, 2.0, 0.2),
 }
 TISSUE_NAMES: tuple[str, ...] = tuple(TISSUES)
 TISSUE_ID: dict[str, int] = {name: i for i, name in enumerate(TISSUE_NAMES)}
@@ -155,37 +156,99 @@ class TissueMaps:
     organs: torch.Tensor
 
 
-def shape_masks(x: torch.Tensor, z: torch.Tensor, slots: torch.Tensor, edge: torch.Tensor):
-    """Return the soft masks (B, K, H, W) in [0, 1] of the K slots at points (x, z).
+# Shapes are polynomials q(x, z) <= 1 in the grid coordinates (in dm, so powers stay small):
+# an ellipse is quadratic, bending adds u^2 to v (degree 4), tapering multiplies v by (1 - t u)
+# (degree 6); a rounded rectangle is (1 - s)(u^2 + v^2) + s (u^4 + v^4). Writing every shape as
+# coefficients over the same monomials turns the evaluation of all shapes on all grid points
+# into one batched matrix product, which is what makes the phantom fast on a CPU.
+DEGREE = 6
+MONOMIALS: tuple[tuple[int, int], ...] = tuple(
+    (i, j) for i in range(DEGREE + 1) for j in range(DEGREE + 1 - i)
+)
+_UNIT = 10.0  # cm per coordinate unit
+
+
+def _poly_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Return the product of two batches of polynomials (..., D+1, D+1), truncated at DEGREE."""
+    out = np.zeros(np.broadcast_shapes(p.shape, q.shape))
+    for i, j in MONOMIALS:
+        coef = p[..., i, j]
+        if not coef.any():
+            continue
+        out[..., i:, j:] += coef[..., None, None] * q[..., : DEGREE + 1 - i, : DEGREE + 1 - j]
+    return out
+
+
+def shape_polynomials(slots: np.ndarray) -> np.ndarray:
+    """Return (..., len(MONOMIALS)) coefficients of q for slot rows (...) of SLOT_FIELDS.
+
+    A point (x, z) (in units of 10 cm) is inside the shape where q(x, z) < 1.
+    """
+    f = {name: slots[..., i].astype(np.float64) for i, name in enumerate(SLOT_FIELDS)}
+    cx, cz, a, b = f["cx"] / _UNIT, f["cz"] / _UNIT, f["a"] / _UNIT, f["b"] / _UNIT
+    cos, sin = np.cos(f["rot"]), np.sin(f["rot"])
+    shape = slots.shape[:-1] + (DEGREE + 1, DEGREE + 1)
+    u, v = np.zeros(shape), np.zeros(shape)
+    u[..., 1, 0], u[..., 0, 1] = cos / a, sin / a
+    u[..., 0, 0] = -(cos * cx + sin * cz) / a
+    v[..., 1, 0], v[..., 0, 1] = -sin / b, cos / b
+    v[..., 0, 0] = (sin * cx - cos * cz) / b
+    uu = _poly_mul(u, u)
+    square = f["square"][..., None, None]
+    # Bend and taper apply to plain shapes; squared shapes stay symmetric.
+    w = v - (f["bend"] * _UNIT * a * a / b)[..., None, None] * uu * (square == 0)
+    taper = np.zeros(shape)
+    taper[..., 0, 0] = 1.0
+    taper = taper - f["taper"][..., None, None] * u * (square == 0)
+    w = _poly_mul(w, taper)
+    plain = uu + _poly_mul(w, w)
+    vv = _poly_mul(v, v)
+    boxy = _poly_mul(uu, uu) + _poly_mul(vv, vv)
+    q = (1 - square) * plain + square * boxy
+    return np.stack([q[..., i, j] for i, j in MONOMIALS], axis=-1)
+
+
+def monomials(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Return (B, H*W, len(MONOMIALS)) powers x^i z^j of grid points (cm), in 10 cm units.
+
+    float32 is enough: with coordinates in 10 cm units, the masks differ from a float64
+    evaluation by less than 1e-3.
+    """
+    xs = x.reshape(x.shape[0], -1) / _UNIT
+    zs = z.reshape(z.shape[0], -1) / _UNIT
+    xp, zp = [torch.ones_like(xs)], [torch.ones_like(zs)]
+    for _ in range(DEGREE):
+        xp.append(xp[-1] * xs)
+        zp.append(zp[-1] * zs)
+    out = torch.empty(*xs.shape, len(MONOMIALS))
+    for k, (i, j) in enumerate(MONOMIALS):
+        torch.mul(xp[i], zp[j], out=out[..., k])
+    return out
+
+
+def shape_masks(
+    x: torch.Tensor, z: torch.Tensor, slots: np.ndarray, edge: torch.Tensor
+) -> torch.Tensor:
+    """Return the soft masks (B, H*W, K) in [0, 1] of the K slots at points (x, z).
 
     Args:
         x, z: (B, H, W) lateral and depth coordinates (cm) of the grid points.
-        slots: (B, K, len(SLOT_FIELDS)) slot rows.
+        slots: (B, K, len(SLOT_FIELDS)) slot rows (numpy).
         edge: (B,) width (cm) of the soft edge, about one grid cell so edges do not alias.
     """
-    p = slots[..., :, None, None]  # (B, K, F, 1, 1)
-    cx, cz, a, b, rot = p[:, :, 1], p[:, :, 2], p[:, :, 3], p[:, :, 4], p[:, :, 5]
-    bend, taper, square = p[:, :, 6], p[:, :, 7], p[:, :, 8]
-    dx = x[:, None] - cx
-    dz = z[:, None] - cz
-    cos, sin = torch.cos(rot), torch.sin(rot)
-    u = dx * cos + dz * sin
-    v = dz * cos - dx * sin - bend * u * u
-    un = u / a
-    vn = v / (b * (1.0 + taper * un).clamp(min=0.15))
-    un2, vn2 = un * un, vn * vn
-    q = un2 + vn2 - square * un2 * vn2
-    # (1 - q) ~ 2 (1 - rho) near the boundary, so this ramp is about `edge` cm wide there.
-    masks = (0.5 + (1.0 - q) * b / (2.0 * edge[:, None, None, None])).clamp(0.0, 1.0)
-    active = (slots[..., 0] >= 0).to(masks.dtype)[..., None, None]
-    return masks * active
+    coef = torch.as_tensor(shape_polynomials(slots), dtype=torch.float32)  # (B, K, M)
+    q = torch.bmm(monomials(x, z), coef.transpose(1, 2))  # (B, N, K)
+    b = torch.as_tensor(slots[..., 4], dtype=torch.float32)
+    # Near the boundary |grad q| ~ 2 / b, so this ramp is about `edge` cm wide there.
+    slope = (b / (2.0 * edge[:, None])) * torch.as_tensor(slots[..., 0] >= 0)
+    return torch.addcmul(0.5 * slope[:, None], 1.0 - q, slope[:, None]).clamp_(0.0, 1.0)
 
 
 def tissue_maps(
     x: torch.Tensor,
     z: torch.Tensor,
     depth: torch.Tensor,
-    slots: torch.Tensor,
+    slots: np.ndarray,
     wall_layers: torch.Tensor,
     edge: torch.Tensor,
     texture: torch.Tensor,
@@ -195,45 +258,52 @@ def tissue_maps(
     Args:
         x, z: (B, H, W) grid coordinates (cm).
         depth: (B, H, W) radial depth below the skin (cm), along each scan line.
-        slots: (B, K, F) slot rows.
+        slots: (B, K, F) slot rows (numpy).
         wall_layers: (B, 4) skin, fat and muscle thickness (cm) and fat echo offset (dB).
         edge: (B,) soft-edge width (cm).
         texture: (B, H, W) smooth zero-mean field for tissue heterogeneity.
     """
-    table = torch.as_tensor(_TABLE)
-    onehot = torch.as_tensor(_ORGAN_ONEHOT)
-    tissue = slots[..., 0].long().clamp(min=0)  # (B, K)
-    props = table[tissue]  # (B, K, 4)
+    batch, height, width = x.shape
+    tissue = np.clip(slots[..., 0].astype(np.int64), 0, None)  # (B, K)
+    props = _TABLE[tissue]  # (B, K, 4)
     props[..., 0] += slots[..., 9]
-    masks = shape_masks(x, z, slots, edge)  # (B, K, H, W)
+    props = torch.as_tensor(props)
+    onehot = torch.as_tensor(_ORGAN_ONEHOT[tissue])
+    masks = shape_masks(x, z, slots, edge)  # (B, N, K)
     # Painter's order: slot k shows where it is and no later slot covers it.
     keep = 1.0 - masks
-    cover_after = torch.flip(torch.cumprod(torch.flip(keep, [1]), 1), [1])
-    cover_after = torch.cat([cover_after[:, 1:], torch.ones_like(cover_after[:, :1])], 1)
-    weights = masks * cover_after  # (B, K, H, W)
-    background = cover_after[:, 0] * keep[:, 0]  # share of the background tissue
+    after = torch.cumprod(keep.flip(2), 2).flip(2)  # product over slots j >= k
+    cover_after = torch.cat([after[..., 1:], torch.ones_like(after[..., :1])], 2)
+    weights = masks * cover_after  # (B, N, K)
+    background = after[..., 0]  # share of the background tissue
+    rim = 4.0 * masks * keep * cover_after
     bg = TISSUES["mesentery"]
-    channels = torch.einsum("bkhw,bkc->bchw", weights, props[..., [0, 1, 3]])
-    echo = channels[:, 0] + background * bg.echo_db
-    att = channels[:, 1] + background * bg.att
-    tex = channels[:, 2] + background * bg.tex
-    rim = 4.0 * masks * (1.0 - masks) * cover_after
-    wall = torch.einsum("bkhw,bk->bhw", rim, props[..., 2])
-    organs = torch.einsum("bkhw,bkc->bchw", weights, onehot[tissue])
+    mixed = torch.bmm(weights, props[..., [0, 1, 3]]) + background[..., None] * torch.tensor(
+        [bg.echo_db, bg.att, bg.tex]
+    )
+    echo, att, tex = mixed.view(batch, height, width, 3).unbind(-1)
+    wall = torch.bmm(rim, props[..., 2:3]).view(batch, height, width)
+    organs = torch.bmm(weights, onehot).view(batch, height, width, -1).permute(0, 3, 1, 2)
 
-    # Body wall: bright skin line, hypoechoic fat (thicker with habitus), striated muscle,
-    # bright peritoneal line. It depends on radial depth only, like the layers under a probe.
+    # Body wall: bright skin line, hypoechoic fat with echogenic septa (thicker with the
+    # habitus), striated muscle, bright fascia/peritoneal line. It depends on the radial depth
+    # only (plus the texture field for wavy septa), like the layers under a convex probe.
     skin, fat, muscle, fat_echo = (wall_layers[:, i, None, None] for i in range(4))
+    bottom = skin + fat + muscle
     in_fat = (depth >= skin) & (depth < skin + fat)
-    in_muscle = (depth >= skin + fat) & (depth < skin + fat + muscle)
-    in_wall = (depth < skin + fat + muscle).to(echo.dtype)
-    layer_echo = torch.where(in_fat, -8.0 + fat_echo, torch.where(in_muscle, -10.0, 6.0))
-    layer_att = torch.where(in_fat, 0.9, torch.where(in_muscle, 1.0, 0.6)).to(echo.dtype)
-    echo = echo * (1 - in_wall) + layer_echo * in_wall
-    att = att * (1 - in_wall) + layer_att * in_wall
-    tex = tex * (1 - in_wall) + 0.45 * in_wall
-    peritoneum = torch.exp(-(((depth - (skin + fat + muscle)) / edge[:, None, None]) ** 2))
-    wall = wall * (1 - in_wall) + 1.2 * peritoneum
+    in_muscle = (depth >= skin + fat) & (depth < bottom)
+    in_wall = (depth < bottom).float()
+    septa = 18.0 * torch.relu(torch.cos(2 * np.pi * depth / 0.55 + 2.5 * texture) - 0.7)
+    fibres = 6.0 * torch.cos(2 * np.pi * depth / 0.3 + 1.5 * texture)
+    layer_echo = torch.where(
+        in_fat, -10.0 + fat_echo + septa, torch.where(in_muscle, -11.0 + fibres, 6.0)
+    )
+    layer_att = torch.where(in_fat, 0.9, torch.where(in_muscle, 1.0, 0.6))
+    echo = torch.lerp(echo, layer_echo, in_wall)
+    att = torch.lerp(att, layer_att, in_wall)
+    tex = torch.lerp(tex, torch.full_like(tex, 0.3), in_wall)
+    fascia = torch.exp(-(((depth - bottom) / (0.6 * edge[:, None, None])) ** 2))
+    wall = wall * (1 - in_wall) + 0.8 * fascia
     organs = organs * (1 - in_wall)[:, None]
     echo = echo + 6.0 * tex * texture
     return TissueMaps(echo_db=echo, att=att, wall=wall, tex=tex, organs=organs)

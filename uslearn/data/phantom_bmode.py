@@ -19,6 +19,7 @@ Uses one torch thread when called by the generator, so results do not depend on 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,10 +52,14 @@ PARAMS: tuple[str, ...] = (
     "fan_h",
     "top",  # top margin (fraction of the frame height)
     "xc",  # horizontal position of the sector's axis (fraction of the width)
+    "smooth",  # speckle reduction (0 = off, 1 = 3x3 mean)
 )
 P = {name: i for i, name in enumerate(PARAMS)}
 # Beyond this loss (dB) relative to average tissue a region counts as shadowed, i.e. unseen.
 SHADOW_DB = 20.0
+# The anatomy grid (depth x lines) on which labels are measured, whatever the image size.
+LABEL_GRID = (64, 48)
+_DB = float(np.log(10.0) / 20.0)  # amplitude = exp(dB * _DB)
 _AXIAL = 0.8  # axial PSF sigma (polar samples)
 _LATERAL = (0.9, 2.6)  # lateral PSF sigma at the focus and far from it (scan lines)
 
@@ -79,11 +84,16 @@ class Rendered:
     masks: np.ndarray | None = None
 
 
-def _gauss(sigma: float) -> torch.Tensor:
-    radius = int(np.ceil(2.5 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """Return the (n, n) matrix of a Gaussian blur along an axis of n samples (zero outside).
+
+    Blurs are matrix products: on a CPU one GEMM beats a 1-channel convolution by ~10x.
+    """
+    t = torch.arange(n, dtype=torch.float32)
+    k = torch.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
+    k[k < 1e-4] = 0.0
+    return k / (sigma * np.sqrt(2 * np.pi))
 
 
 def _polar_grid(p: torch.Tensor, rows: int, cols: int):
@@ -138,6 +148,34 @@ def frame_overlay(p: np.ndarray, size: int, layout: Layout, lines: list[str]) ->
     return overlay(size, layout, lines, col, rows, focus_row, top)
 
 
+def _anatomy(p: torch.Tensor, slots: np.ndarray, rows: int, cols: int, coarse: torch.Tensor):
+    """Return tissue maps, radial depth and accumulated two-way loss (dB) on a polar grid."""
+    x, z, d = _polar_grid(p, rows, cols)
+    depth = p[:, P["depth"]]
+    texture = F.interpolate(coarse, size=(rows, cols), mode="bilinear", align_corners=False)[:, 0]
+    layers = p[:, [P["skin"], P["fat"], P["muscle"], P["fat_echo"]]]
+    # Soft edges about 1.5 cells wide along both grid axes (lateral cells are wider at depth),
+    # so thin walls are sampled smoothly instead of as beads.
+    lateral_cell = (p[:, P["radius"]] + 0.5 * depth) * 2 * p[:, P["half_angle"]] / cols
+    cell = 1.5 * torch.maximum(depth / rows, lateral_cell)
+    maps = tissue_maps(x, z, d, slots, layers, cell, texture)
+    # Attenuation accumulated along each scan line (two-way), at the cell centres.
+    loss = 2 * p[:, P["freq"], None, None] * maps.att * (depth / rows)[:, None, None]
+    return maps, d, torch.cumsum(loss, dim=1) - 0.5 * loss
+
+
+def _visible(p: torch.Tensor, maps, d: torch.Tensor, loss_db: torch.Tensor) -> torch.Tensor:
+    """Return (B, len(ORGANS)) the share of the sector each organ covers where it is not shadowed.
+
+    That is what an annotator can see: area in the sector (area element ~ r dr dθ), minus the
+    parts lost in shadows (more than SHADOW_DB below what average tissue would give).
+    """
+    nominal_db = 2 * p[:, P["freq"], None, None] * 0.5 * d
+    lit = ((loss_db - nominal_db) < SHADOW_DB).float()
+    area = d + p[:, P["radius"], None, None]
+    return (maps.organs * (lit * area)[:, None]).sum((2, 3)) / area.sum((1, 2))[:, None]
+
+
 def render(
     slots: np.ndarray,
     params: np.ndarray,
@@ -157,24 +195,21 @@ def render(
         with_masks: also return the organ masks (for tests and galleries).
     """
     p = torch.as_tensor(params, dtype=torch.float32)
-    slot_t = torch.as_tensor(slots, dtype=torch.float32)
+    used = int((slots[..., 0] >= 0).sum(axis=1).max(initial=1))  # slots are packed first
+    slots = slots[:, :used]
     batch = p.shape[0]
     side = internal_size(size)
     n_r, n_t = side, int(round(0.75 * side))
-    a_r, a_t = n_r // 2, n_t // 2
-    x, z, d = _polar_grid(p, a_r, a_t)
-    depth = p[:, P["depth"]]
+    a_r, a_t = max(n_r // 2, LABEL_GRID[0]), max(n_t // 2, LABEL_GRID[1])
     coarse = torch.randn(batch, 1, 7, 6, generator=generator)
-    texture = F.interpolate(coarse, size=(a_r, a_t), mode="bicubic", align_corners=False)[:, 0]
-    layers = p[:, [P["skin"], P["fat"], P["muscle"], P["fat_echo"]]]
-    maps = tissue_maps(x, z, d, slot_t, layers, depth / a_r, texture)
-
-    # Attenuation accumulated along each scan line (two-way), at the cell centres.
+    maps, d, loss_db = _anatomy(p, slots, a_r, a_t, coarse)
+    # Labels are measured on one fixed grid, so they do not depend on the image size.
+    if (a_r, a_t) == LABEL_GRID:
+        visible = _visible(p, maps, d, loss_db)
+    else:
+        visible = _visible(p, *_anatomy(p, slots, *LABEL_GRID, coarse))
+    depth = p[:, P["depth"]]
     freq = p[:, P["freq"], None, None]
-    step = (depth / a_r)[:, None, None]
-    loss = 2 * freq * maps.att * step
-    loss_db = torch.cumsum(loss, dim=1) - 0.5 * loss
-    nominal_db = 2 * freq * 0.5 * d
     rel = d / depth[:, None, None]
     tgc = 2 * freq * (0.5 + p[:, P["tgc_err"], None, None]) * d
     tgc = tgc + p[:, P["tgc_mid"], None, None] * torch.sin(np.pi * rel)
@@ -183,44 +218,45 @@ def render(
     theta_rel = torch.linspace(-1, 1, a_t)[None, None, :]
     net_db = tgc - loss_db + 2.0 * torch.exp(-(focus_rel**2)) - 4.0 * theta_rel**8
 
-    # What an annotator sees: organ area inside the sector and outside shadows (area ~ r dr dθ).
-    lit = ((loss_db - nominal_db) < SHADOW_DB).float()
-    area = d + p[:, P["radius"], None, None]
-    visible = (maps.organs * (lit * area)[:, None]).sum((2, 3)) / area.sum((1, 2))[:, None]
-
-    amp = torch.pow(10.0, maps.echo_db / 20.0)
+    amp = torch.exp(maps.echo_db * _DB)
     haze = p[:, P["haze"], None, None] * torch.exp(-d / 1.2)
     amp = torch.sqrt(amp * amp + haze * haze)
-    coarse_maps = torch.stack([amp, maps.wall, maps.tex, net_db], 1)
+    lumps = torch.randn(batch, a_r, a_t, generator=generator)
+    sigma = 0.8 * maps.tex
+    coarse_maps = torch.stack([amp, maps.wall, sigma, sigma * lumps, net_db], 1)
     fine = F.interpolate(coarse_maps, size=(n_r, n_t), mode="bilinear", align_corners=False)
-    amp, wall, tex, net_db = fine.unbind(1)
+    amp, wall, tex, lumps, net_db = fine.unbind(1)
 
-    noise = torch.randn(batch, 5, n_r, n_t, generator=generator)
-    sigma = 0.8 * tex
-    scatter = amp * torch.exp(sigma * noise[:, 2] - 0.5 * sigma * sigma)
-    field = torch.stack([scatter * noise[:, 0] + 2.0 * wall, scatter * noise[:, 1]], 1)
-    field = field.reshape(2 * batch, 1, n_r, n_t)
-    ax = _gauss(_AXIAL)
-    field = F.conv2d(field, ax.view(1, 1, -1, 1), padding=(len(ax) // 2, 0))
-    narrow, wide = _gauss(_LATERAL[0]), _gauss(_LATERAL[1])
-    pad = len(wide) // 2
-    narrow = F.pad(narrow, (pad - len(narrow) // 2, pad - len(narrow) // 2))
-    lateral = torch.stack([narrow, wide]).view(2, 1, 1, -1)
-    field = F.conv2d(field, lateral, padding=(0, pad)).reshape(batch, 2, 2, n_r, n_t)
+    # Scatterers: complex Gaussian reflectivity per cell (random sub-cell positions), scaled by
+    # the echo level; heterogeneous tissue gets a log-normal factor (clusters of scatterers).
+    noise = torch.randn(batch, 2, n_r, n_t, generator=generator)
+    scatter = amp * torch.exp(lumps - 0.5 * tex * tex)
+    field = noise * scatter[:, None]
+    field[:, 0] += 2.0 * wall  # specular reflectors add coherently
+    # PSF: axial pulse, then a lateral beam narrow at the focus and wide away from it.
+    field = torch.matmul(_blur_matrix(n_r, _AXIAL), field)
+    lateral = torch.cat([_blur_matrix(n_t, _LATERAL[0]), _blur_matrix(n_t, _LATERAL[1])], 1)
+    both = torch.matmul(field, lateral)  # (B, 2, n_r, 2 n_t)
     fr = (torch.arange(n_r, dtype=torch.float32) + 0.5) / n_r
     defocus = (fr[None, :] * depth[:, None] - p[:, P["focus"], None]).abs()
     blend = (defocus / (0.35 * depth[:, None]) * (3.5 / p[:, P["freq"], None])).clamp(0, 1)
     blend = blend[:, None, :, None]
-    field = field[:, :, 0] * (1 - blend) + field[:, :, 1] * blend  # (B, 2, n_r, n_t)
+    field = torch.lerp(both[..., :n_t], both[..., n_t:], blend)
 
-    gain = torch.pow(10.0, net_db / 20.0)
+    gain = torch.exp(net_db * _DB)
     noise_amp = torch.pow(10.0, p[:, P["noise_db"], None, None] / 20.0)
-    re = field[:, 0] * gain + noise_amp * noise[:, 3]
-    im = field[:, 1] * gain + noise_amp * noise[:, 4]
+    # Electronic noise is white: the speckle draws, mirrored in depth, serve as its samples
+    # (where the noise shows, the echo it was drawn for lies elsewhere and is unrelated).
+    thermal = noise.flip(2)
+    re = field[:, 0] * gain + noise_amp * thermal[:, 1]
+    im = field[:, 1] * gain + noise_amp * thermal[:, 0]
     level = 10.0 * torch.log10(re * re + im * im + 1e-12)
     low = (p[:, P["gain"]] - p[:, P["dyn_range"]])[:, None, None]
     shown = ((level - low) / p[:, P["dyn_range"], None, None]).clamp(0, 1)
-    shown = shown ** p[:, P["gamma"], None, None]
+    # Speckle reduction filter of modern scanners: blend with a 3x3 local mean.
+    smooth = p[:, P["smooth"], None, None]
+    local = F.avg_pool2d(shown[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    shown = torch.lerp(shown, local, smooth) ** p[:, P["gamma"], None, None]
 
     grid = _frame_grid(p, side)
     frames = F.grid_sample(

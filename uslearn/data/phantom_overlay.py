@@ -9,6 +9,7 @@ Nothing here encodes the organ shown (the depth does, a little, as on real frame
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,20 +79,25 @@ class Layout:
     logo: bool
 
 
+@functools.lru_cache(maxsize=4096)
+def text_bitmap(text: str, scale: int = 1) -> np.ndarray:
+    """Return the (5 scale, 4 scale len(text)) bitmap of ``text`` (cached: lines repeat)."""
+    glyphs = []
+    for ch in text.upper():
+        glyphs += [FONT.get(ch, FONT[" "]), np.zeros((5, 1), dtype=np.float32)]
+    bitmap = np.concatenate(glyphs, axis=1)
+    return np.kron(bitmap, np.ones((scale, scale), dtype=np.float32)) if scale > 1 else bitmap
+
+
 def draw_text(canvas: np.ndarray, text: str, row: int, col: int, value: float, scale: int = 1):
     """Draw ``text`` into ``canvas`` (in place) with its top-left corner at (row, col)."""
+    bitmap = text_bitmap(text, scale)
     height, width = canvas.shape
-    for ch in text.upper():
-        glyph = FONT.get(ch, FONT[" "])
-        if scale > 1:
-            glyph = np.kron(glyph, np.ones((scale, scale), dtype=np.float32))
-        gh, gw = glyph.shape
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + gh, height), min(col + gw, width)
-        if r1 > r0 and c1 > c0:
-            patch = glyph[r0 - row : r1 - row, c0 - col : c1 - col] * value
-            np.maximum(canvas[r0:r1, c0:c1], patch, out=canvas[r0:r1, c0:c1])
-        col += gw + scale
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + bitmap.shape[0], height), min(col + bitmap.shape[1], width)
+    if r1 > r0 and c1 > c0:
+        patch = bitmap[r0 - row : r1 - row, c0 - col : c1 - col] * value
+        np.maximum(canvas[r0:r1, c0:c1], patch, out=canvas[r0:r1, c0:c1])
 
 
 def overlay(
@@ -123,12 +129,14 @@ def overlay(
         col = size - width - 2 if layout.text_right else 2
         draw_text(canvas, text, 2 + i * line_h, col, value, scale)
     step = -1 if layout.ruler_left else 1
-    for k, row in enumerate(ruler_rows):
-        if 0 <= row < size:
-            length = 3 * scale if k % 5 == 0 else scale
-            cols = ruler_col + step * np.arange(length)
-            cols = cols[(cols >= 0) & (cols < size)]
-            canvas[row, cols] = value
+    rows = np.asarray(ruler_rows)
+    for offset in range(3 * scale):
+        # Every centimetre a dot, every fifth a dash.
+        tick = rows if offset < scale else rows[::5]
+        col = ruler_col + step * offset
+        tick = tick[(tick >= 0) & (tick < size)]
+        if 0 <= col < size:
+            canvas[tick, col] = value
     if 0 <= focus_row < size:
         for d in range(3 * scale):
             col = ruler_col + step * (3 * scale + 1 + d)

@@ -69,9 +69,9 @@ def _liver(rng, ctx: ViewContext, fz: float, scale: float = 1.0) -> list[Row]:
     n_veins = int(rng.integers(1, 4))
     sink_x, sink_z = _u(rng, -4, 4), cz + b * _u(rng, 0.5, 1.0)
     for _ in range(n_veins):
-        vx, vz = _u(rng, -0.6, 0.6) * a, cz + _u(rng, -0.6, 0.3) * b
+        vx, vz = _u(rng, -0.5, 0.5) * a, cz + _u(rng, -0.3, 0.4) * b
         rot = float(np.arctan2(sink_z - vz, sink_x - vx))
-        rows.append(slot("vein", vx, vz, _u(rng, 1.5, 4.0), _u(rng, 0.2, 0.45), rot))
+        rows.append(slot("vein", vx, vz, _u(rng, 1.0, 3.0), _u(rng, 0.2, 0.4), rot))
     for _ in range(int(rng.integers(0, 3))):
         rows.append(
             slot(
@@ -106,7 +106,7 @@ def _kidney(
                 slot("kidney_pyramid", cx + u * cos - v * sin, cz + u * sin + v * cos, 0.6, 0.45)
             )
     rows.append(
-        slot("kidney_sinus", cx, cz, a * _u(rng, 0.5, 0.7), b * _u(rng, 0.25, 0.4), rot, bend)
+        slot("kidney_sinus", cx, cz, a * _u(rng, 0.6, 0.75), b * _u(rng, 0.35, 0.5), rot, bend)
     )
     return rows
 
@@ -164,11 +164,32 @@ def _gallbladder(rng, ctx: ViewContext, cx: float, cz: float) -> list[Row]:
     return rows
 
 
+def _diaphragm(rng, ctx: ViewContext, cz: float) -> list[Row]:
+    """The bright curved diaphragm crossing the deep part of a subcostal liver view."""
+    return [
+        slot(
+            "diaphragm",
+            _u(rng, -3, 3),
+            cz,
+            _u(rng, 9, 14),
+            _u(rng, 0.15, 0.3),
+            _u(rng, -0.3, 0.3),
+            _u(rng, -0.06, -0.02),
+        )
+    ]
+
+
 def view_liver(rng, ctx: ViewContext) -> list[Row]:
     """Right lobe, subcostal or intercostal: liver fills the field, veins, maybe rib shadows."""
     rows = _liver(rng, ctx, _u(rng, 0.4, 0.55), 1.1)
+    if rng.random() < 0.5:
+        rows += _diaphragm(rng, ctx, ctx.at(_u(rng, 0.7, 0.9)))
     if rng.random() < 0.45:
         rows += _ribs(rng, ctx, int(rng.integers(1, 3)))
+    if rng.random() < 0.15:  # a simple cyst or the IVC in cross-section: dark, not an organ
+        cz = ctx.at(_u(rng, 0.3, 0.8))
+        size = _u(rng, 0.8, 2.5)
+        rows.append(slot("fluid", _u(rng, -0.5, 0.5) * ctx.half_width(cz), cz, size, size * 0.8))
     if _p(rng, ctx, 0.12):
         rows += _peek(rng, ctx, str(rng.choice(["kidney", "gallbladder"])))
     return rows
@@ -324,10 +345,32 @@ def view_bladder(rng, ctx: ViewContext) -> list[Row]:
 
 
 def view_other(rng, ctx: ViewContext) -> list[Row]:
-    """No organ of interest: bowel loops, aorta/IVC, stomach, midline with the spine."""
-    kind = rng.choice(["bowel", "aorta", "stomach", "midline"])
+    """No organ of interest: bowel loops, aorta/IVC, stomach, midline with the spine, and
+    look-alikes that make the task hard: a fluid-filled loop (like a gallbladder or bladder),
+    a "pseudo-kidney" (thick-walled bowel with echogenic content), a muscle-filled field."""
+    kind = rng.choice(
+        ["bowel", "aorta", "stomach", "midline", "fluid_loop", "pseudokidney", "muscle"],
+        p=[0.22, 0.14, 0.14, 0.14, 0.12, 0.12, 0.12],
+    )
     if kind == "bowel":
         return _bowel(rng, ctx, int(rng.integers(3, 6)), gas_p=0.5)
+    if kind in ("fluid_loop", "pseudokidney"):
+        cz = ctx.at(_u(rng, 0.35, 0.65))
+        cx, rot = _u(rng, -0.4, 0.4) * ctx.half_width(cz), _u(rng, -0.8, 0.8)
+        a, b = _u(rng, 2.5, 5.0), _u(rng, 1.3, 2.8)
+        rows = _bowel(rng, ctx, int(rng.integers(1, 3)), (0.05, 0.3), gas_p=0.6)
+        if kind == "fluid_loop":
+            rows.append(slot("fluid", cx, cz, a, b, rot, _u(rng, -0.05, 0.05), _u(rng, 0, 0.4)))
+        else:
+            rows.append(slot("muscle", cx, cz, a, b, rot, _u(rng, -0.03, 0.03)))
+            rows.append(slot("perirenal_fat", cx, cz, 0.65 * a, 0.35 * b, rot))
+        return rows + _bowel(rng, ctx, int(rng.integers(0, 2)), (0.7, 0.95))
+    if kind == "muscle":
+        cz = ctx.at(_u(rng, 0.3, 0.6))
+        rows = [
+            slot("muscle", _u(rng, -2, 2), cz, _u(rng, 8, 14), _u(rng, 3, 6), _u(rng, -0.4, 0.4))
+        ]
+        return rows + _bowel(rng, ctx, int(rng.integers(0, 3)), (0.6, 0.95))
     if kind == "aorta":
         cz = ctx.at(_u(rng, 0.5, 0.7))
         rows = _bowel(rng, ctx, int(rng.integers(1, 3)), (0.05, 0.35))
