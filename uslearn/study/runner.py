@@ -151,6 +151,9 @@ def build_tuner(plan: Plan, ctx: TrialContext, inv: Invocation, parallel: int):
             metric=spec.metric,
             mode=spec.mode,
             max_concurrent_trials=parallel,
+            # Trials share resources, so a finished trial's process takes the next one: torch,
+            # the strategies and MLflow are imported once per process, not once per trial.
+            reuse_actors=True,
             trial_name_creator=name_fn,
             trial_dirname_creator=name_fn,
         )
@@ -206,6 +209,7 @@ def _search_config(plan: Plan, parallel: int, name_fn):
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=search.samples(plan.profile.name),
+        reuse_actors=True,
         trial_name_creator=name_fn,
         trial_dirname_creator=name_fn,
     )

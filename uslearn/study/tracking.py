@@ -121,6 +121,21 @@ def find_child(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str) ->
     return runs[0].info.run_id if runs else None
 
 
+def finished_metrics(
+    tracking_uri: str, exp_id: str, parent_id: str, trial_id: str
+) -> dict[str, float] | None:
+    """Return the final metrics of trial ``trial_id`` if its child run already FINISHED.
+
+    A driver killed between a trial's end and Tune's next state snapshot leaves the trial
+    unfinished for Tune but finished in MLflow; on ``--resume`` it must not run again.
+    """
+    run_id = find_child(tracking_uri, exp_id, parent_id, trial_id)
+    if run_id is None:
+        return None
+    run = client(tracking_uri).get_run(run_id)
+    return dict(run.data.metrics) if run.info.status == "FINISHED" else None
+
+
 class ChildRun:
     """The MLflow child run of one trial; created once, reused by retries and resumes.
 

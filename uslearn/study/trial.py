@@ -119,13 +119,18 @@ def run_logged(
         rank: DDP rank of this process (0 for in-process trials).
     """
     from uslearn.strategies import run
+    from uslearn.study.tracking import ChildRun, finished_metrics
 
     flat = ctx.plan.trial_config(tune_config)
     out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
+    # Every rank asks MLflow (not rank 0's disk), so that all ranks take the same branch.
+    done = finished_metrics(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
+    if done is not None:
+        log.info("trial %s finished before the study was interrupted; not run again", trial_id)
+        report(for_tune(done), None)
+        return done
     child = None
     if rank == 0:
-        from uslearn.study.tracking import ChildRun
-
         cell = tune_config.get("cell", ctx.plan.cells[0].name)
         tags = {**ctx.tags, "cell": cell, "dataset_fingerprint": ctx.fingerprint}
         child = ChildRun(

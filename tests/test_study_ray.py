@@ -1,0 +1,207 @@
+"""Mini-studies on the tiny phantom through real Ray (2 CPUs) and real MLflow (sqlite).
+
+One local Ray for the module; every study gets its own MLflow store and Tune storage under
+tmp_path. The strategies, the phantom and the analysis report are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from uslearn.study import StudySpec, main
+from uslearn.study.runner import CRASH_ENV
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+FAST = ["--set", "epochs=2", "--set", "batch_exams=4", "--set", "max_images_per_exam=4"]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray
+
+    ray.init(
+        num_cpus=2, include_dashboard=False, resources={"TRAIN_DRIVER": 1}, log_to_driver=False
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from uslearn.data.phantom import ensure_phantom
+
+    return ensure_phantom(tmp_path_factory.mktemp("data") / "tiny", preset="tiny").root
+
+
+def probe_spec(name: str, arms: dict, grid: dict, seeds=(0, 1)) -> StudySpec:
+    """Return a clustering mini-study (k from label combinations, α as in the paper)."""
+    return StudySpec(
+        name=name, title=f"{name} test", fixed={"k": 0}, arms=arms, grid=grid, seeds=seeds
+    )
+
+
+def study_argv(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    """Return the flags that point a study at tmp_path's MLflow and Tune storage."""
+    return [
+        "--profile", "cpu-demo",
+        "--data", str(data),
+        "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--storage", str(tmp_path / "studies"),
+        *FAST,
+        *extra,
+    ]  # fmt: skip
+
+
+def runs_of(tmp_path: Path, study: str) -> tuple[object, list, list]:
+    """Return (client, parent runs, child runs) of ``study`` in tmp_path's MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def results(tmp_path: Path, study: str) -> pd.DataFrame:
+    """Return results.csv of the study's only invocation."""
+    (path,) = (tmp_path / "studies" / study).glob("*/results.csv")
+    return pd.read_csv(path)
+
+
+def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
+    ray_address, tiny, tmp_path, capsys
+):
+    spec = probe_spec(
+        "probe_grid", {"pica": {"strategy": "pica"}, "lsd": {"strategy": "lsd"}}, {"lam": [2.0]}
+    )
+    assert main(spec, str(tmp_path / "probe_grid.py"), study_argv(tmp_path, tiny)) == 0
+    client, parents, children = runs_of(tmp_path, "probe_grid")
+    (parent,) = parents
+    assert parent.info.run_name == "probe_grid" and parent.info.status == "FINISHED"
+    for tag in ("git_sha", "dataset_fingerprint", "uslearn_version", "study_file"):
+        assert parent.data.tags[tag]
+    assert parent.data.tags["study"] == "probe_grid" and parent.data.tags["profile"] == "cpu-demo"
+    names = sorted(r.info.run_name for r in children)
+    assert names == [
+        "lsd lam=2 seed=0",
+        "lsd lam=2 seed=1",
+        "pica lam=2 seed=0",
+        "pica lam=2 seed=1",
+    ]
+    fingerprint = parent.data.tags["dataset_fingerprint"]
+    for child in children:
+        tags, params = child.data.tags, child.data.params
+        assert tags["mlflow.parentRunId"] == tags["study_run_id"] == parent.info.run_id
+        assert tags["study"] == "probe_grid" and child.info.status == "FINISHED"
+        assert params["lam"] == "2.0" and params["init_kind"] == "random"
+        assert params["dataset_fingerprint"] == fingerprint and params["profile"] == "cpu-demo"
+        assert params["image_size"] == "32" and params["epochs"] == "2"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/f1_weighted")]
+        # One point per evaluation; the final (kept-model) value restates the last step.
+        assert steps == sorted(steps) and len(set(steps)) == len(steps) - 1 >= 2
+        assert 0 <= child.data.metrics["test/f1_weighted"] <= 1
+        assert "test/f1/liver" in child.data.metrics and "test/nmi" in child.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"metrics.json", "best.pt", "per_class.csv", "cluster_labels.csv"} <= artifacts
+    table = results(tmp_path, "probe_grid")
+    assert sorted(zip(table["cell"], table["seed"])) == [
+        ("lsd lam=2", 0),
+        ("lsd lam=2", 1),
+        ("pica lam=2", 0),
+        ("pica lam=2", 1),
+    ]
+    assert (table["status"] == "ok").all()
+    out = capsys.readouterr().out
+    assert "best / mean over seeds per cell" in out and "report: " in out
+    (report,) = (tmp_path / "studies" / "probe_grid").glob("*/report/report.html")
+    assert report.is_file()
+
+
+def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(
+    ray_address, tiny, tmp_path, monkeypatch
+):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ENV, str(marker))
+    spec = probe_spec("probe_crash", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
+    argv = study_argv(tmp_path, tiny, "--no-report", "--set", "epochs=3")
+    assert main(spec, str(tmp_path / "probe_crash.py"), argv) == 0
+    assert marker.exists()  # the trial did die once
+    _, _, children = runs_of(tmp_path, "probe_crash")
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    (result_file,) = (tmp_path / "studies" / "probe_crash").glob("*/lsd_seed=0/result.json")
+    steps = [json.loads(line).get("step") for line in result_file.read_text().splitlines()]
+    evaluations = [s for s in steps if s is not None]
+    # Restarted from scratch, the first evaluation's step would appear twice.
+    assert evaluations == sorted(set(evaluations)) and len(evaluations) == 3
+
+
+def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, tiny, tmp_path):
+    study_file = tmp_path / "probe_resume.py"
+    study_file.write_text(
+        "import sys\n"
+        "from uslearn.study import StudySpec, main\n"
+        "SPEC = StudySpec(name='probe_resume', title='resume test', fixed={'k': 0, 'strategy': 'lsd'},\n"
+        "                 grid={'lam': [1.0, 2.0, 5.0]}, seeds=(0,))\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main(SPEC, __file__))\n"
+    )
+    argv = study_argv(tmp_path, tiny, "--no-report", "--max-concurrent", "1")
+    driver = subprocess.Popen(
+        [sys.executable, str(study_file), "--address", ray_address, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    finished, deadline = [], time.monotonic() + 150
+    try:
+        while not finished and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(1.0)
+            # A trial writes metrics.json when it ends; only then read MLflow, whose tables the
+            # driver created long before (two processes creating them at once would clash).
+            if any((tmp_path / "studies").glob("probe_resume/*/outputs/*/metrics.json")):
+                children = runs_of(tmp_path, "probe_resume")[2]
+                finished = [c for c in children if c.info.status == "FINISHED"]
+        assert finished, "no trial finished before the deadline"
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert len(finished) < 3
+    before = {c.data.tags["trial_id"]: c.info.end_time for c in finished}
+
+    from uslearn.study.cli import load_study
+
+    spec, file = load_study(str(study_file))
+    assert main(spec, file, [*argv, "--resume"]) == 0
+    _, parents, children = runs_of(tmp_path, "probe_resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["trial_id"] for c in children]
+    assert len(children) == 3 and len(set(trial_ids)) == 3
+    assert all(c.info.status == "FINISHED" for c in children), [
+        (c.info.run_name, c.info.status) for c in children
+    ]
+    after = {c.data.tags["trial_id"]: c.info.end_time for c in children}
+    assert all(after[t] == end for t, end in before.items())  # finished trials did not run again
+    assert sorted(results(tmp_path, "probe_resume")["cell"]) == ["lam=1", "lam=2", "lam=5"]
+
+
+def test_a_two_worker_trial_runs_as_a_ddp_train_job(ray_address, tiny, tmp_path):
+    spec = probe_spec("probe_ddp", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
+    argv = study_argv(
+        tmp_path, tiny, "--no-report", "--workers-per-trial", "2", "--set", "epochs=1"
+    )
+    assert main(spec, str(tmp_path / "probe_ddp.py"), argv) == 0
+    _, _, children = runs_of(tmp_path, "probe_ddp")
+    (child,) = children  # only rank 0 logs
+    assert child.data.params["workers"] == "2" and child.info.status == "FINISHED"
+    assert any((tmp_path / "studies" / "probe_ddp").glob("*/train/*"))
