@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from --out/checkpoint if it exists"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="DDP processes on this machine (gloo on CPU, nccl on GPUs); --batch-exams is per process",
+    )
     group = parser.add_argument_group(
         "run configuration (defaults in parentheses; strategy-specific keys apply to their strategy only)"
     )
