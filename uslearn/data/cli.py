@@ -63,6 +63,12 @@ def _add_split_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
 
 
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _add_common_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to create")
     parser.add_argument(
@@ -77,7 +83,7 @@ def _add_common_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=len(os.sched_getaffinity(0)),
+        default=_available_cores(),
         help="decoding processes (default: all available cores)",
     )
     parser.add_argument(

@@ -171,7 +171,7 @@ def pick_frames(n_frames: int, max_frames: int) -> tuple[int, ...]:
     return tuple(sorted({int(round(x)) for x in np.linspace(0, n_frames - 1, max_frames)}))
 
 
-def _label_lookup(table, files: list[str], salt: str) -> dict[tuple[str, int], tuple]:
+def _label_lookup(table, salt: str) -> dict[tuple[str, int], tuple]:
     """Map (file path or image pseudonym, frame or -1) to (labels, split, CSV line)."""
     lookup = {}
     for row in table.itertuples(index=False):
@@ -204,7 +204,7 @@ def plan_dicom(
         if labels_csv is not None
         else None
     )
-    lookup = _label_lookup(table, files, salt) if table is not None else {}
+    lookup = _label_lookup(table, salt) if table is not None else {}
     used: set[tuple[str, int]] = set()
     scan = functools.partial(scan_file, salt=salt)
     tasks = [str(root / f) for f in files]
