@@ -170,9 +170,18 @@ def footer(plan: Plan, inv, frame: pd.DataFrame, report: bool = True) -> str:
     from uslearn.study.tracking import ui_hint
 
     parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
-    lines = ["", f"== {plan.spec.name}: best / mean over seeds per cell"]
+    metric = plan.spec.metric
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        lines.append(summarise(frame, plan.spec.metric).round(4).to_string())
+        if plan.is_search:
+            keys = [*plan.spec.search.space, metric, "test/f1_weighted"]
+            done = frame[frame["status"] == "ok"].dropna(subset=["test/f1_weighted"])
+            top = done.sort_values(metric, ascending=plan.spec.mode == "min").head(5)
+            lines = ["", f"== {plan.spec.name}: best trials that ran to the end, by {metric}"]
+            lines.append(top[["trial", *keys]].to_string(index=False))
+            lines.append(f"{len(frame) - len(done)} trial(s) stopped early by ASHA")
+        else:
+            lines = ["", f"== {plan.spec.name}: best / mean over seeds per cell"]
+            lines.append(summarise(frame, metric).round(4).to_string())
     failed = frame[frame["status"] != "ok"]
     if not failed.empty:
         lines.append(f"{len(failed)} trial(s) failed: continue them with --resume")

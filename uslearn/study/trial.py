@@ -154,17 +154,24 @@ def run_logged(
         final = run(
             flat, ctx.data_path, report=on_evaluation, out_dir=out_dir, resume_from=resume_dir
         )
+    except SystemExit:
+        # Tune stops a trial (ASHA, a stop criterion) by exiting its thread at a report.
+        if child is not None:
+            child.set_tags({"stopped_early": "by the Tune scheduler"})
+            child.finish("KILLED")
+        raise
     except BaseException:
         if child is not None:
             child.finish("FAILED")
         raise
-    # The last report carries the test metrics, so Tune's results (and the end-of-study
-    # summary) hold them too, not only MLflow.
-    report(for_tune(final), None)
+    # MLflow first: a scheduler may stop the trial at the report below.
     if child is not None:
         child.log_metrics(final, final=True)
         child.log_artifacts(out_dir)
         child.finish("FINISHED")
+    # The last report carries the test metrics, so Tune's results (and the end-of-study
+    # summary) hold them too, not only MLflow.
+    report(for_tune(final), None)
     return final
 
 
@@ -233,4 +240,15 @@ def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> No
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except SystemExit:
+        # Stopped by the Tune scheduler: the workers are gone, so close rank 0's run here.
+        from uslearn.study.tracking import client, find_child
+
+        run_id = find_child(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
+        if run_id is not None:
+            mlc = client(ctx.tracking_uri)
+            mlc.set_tag(run_id, "stopped_early", "by the Tune scheduler")
+            mlc.set_terminated(run_id, status="KILLED")
+        raise
