@@ -176,3 +176,24 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tiny_pha
         ranks[0]["best_step"] == single["best_step"]
         or abs(ranks[0]["val/f1_weighted"] - single["val/f1_weighted"]) < 0.15
     )
+
+
+def test_unlabelled_frames_in_val_and_test_are_left_out_of_evaluation(tiny_phantom, tmp_path):
+    import shutil
+
+    from uslearn.data.dataset import Dataset
+
+    copy = tmp_path / "with_unlabelled_frames"
+    shutil.copytree(tiny_phantom, copy)
+    manifest = pd.read_parquet(copy / "manifest.parquet")
+    for split in ("val", "test", "labelled"):
+        rows = np.flatnonzero(manifest["split"].to_numpy() == split)[:3]
+        manifest.loc[rows, list(CLASSES)] = -1
+    manifest.to_parquet(copy / "manifest.parquet", index=False)
+    data = Dataset.open(copy)
+    final = run(config("supervised", epochs=1), data, out_dir=tmp_path / "out")
+    test_rows = data.indices("test")
+    labelled_test = int((data.labels[test_rows] >= 0).all(axis=1).sum())
+    supports = sum(final[f"test/support/{c}"] for c in CLASSES)
+    assert supports == data.labels[test_rows][data.labels[test_rows][:, 0] >= 0].sum()
+    assert labelled_test == len(test_rows) - 3 and math.isfinite(final["test/f1_weighted"])

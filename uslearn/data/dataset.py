@@ -51,7 +51,7 @@ class DatasetError(UserError, ValueError):
     """A dataset directory or an input that does not meet the contract; the message says where."""
 
 
-def _fingerprint(manifest_path: Path, store_path: Path) -> str:
+def fingerprint_files(manifest_path: Path, store_path: Path) -> str:
     """Return a sha256 over the manifest file and the image store (first 16 hex digits)."""
     digest = hashlib.sha256()
     for path in (manifest_path, store_path):
@@ -156,7 +156,7 @@ class Dataset:
 
     def verify_fingerprint(self) -> None:
         """Recompute the fingerprint from the files; raise DatasetError if they changed."""
-        actual = _fingerprint(self.root / MANIFEST, self.root / STORE)
+        actual = fingerprint_files(self.root / MANIFEST, self.root / STORE)
         if actual != self.fingerprint:
             raise DatasetError(
                 f"{self.root}: fingerprint {actual} differs from {META}'s {self.fingerprint}: files changed after writing"
@@ -235,9 +235,10 @@ class DatasetWriter:
         self.size, self.capacity, self.source = size, capacity, source
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
-        self._store = np.memmap(
-            self.tmp / STORE, dtype=np.uint8, mode="w+", shape=(max(capacity, 1), size, size)
-        )
+        # Written with pwrite rather than through a memory map: pages written through a map stay
+        # in the process's resident set (≈ 5 GB for 100 000 images at 224 px).
+        self._fd: int | None = os.open(self.tmp / STORE, os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(self._fd, capacity * size * size)
         self._committed = False
 
     def write(self, start: int, images: np.ndarray) -> None:
@@ -254,7 +255,11 @@ class DatasetWriter:
             raise DatasetError(
                 f"rows {start}..{start + len(images)} exceed the store's capacity {self.capacity}"
             )
-        self._store[start : start + len(images)] = images
+        data = np.ascontiguousarray(images).tobytes()
+        offset = start * self.size * self.size
+        while data:
+            written = os.pwrite(self._fd, data, offset)
+            data, offset = data[written:], offset + written
 
     def commit(
         self, manifest: pd.DataFrame, extra_meta: dict | None = None, n_rows: int | None = None
@@ -273,10 +278,9 @@ class DatasetWriter:
         for cls in CLASSES:
             manifest[cls] = manifest[cls].astype(np.int8)
         validate_manifest(manifest, where=f"{self.out}/{MANIFEST}")
-        self._store.flush()
-        del self._store
-        with open(self.tmp / STORE, "r+b") as handle:
-            handle.truncate(n_rows * self.size * self.size)
+        os.ftruncate(self._fd, n_rows * self.size * self.size)
+        os.fsync(self._fd)
+        self._close()
         manifest.to_parquet(self.tmp / MANIFEST, index=False)
         meta = {
             "format": FORMAT_VERSION,
@@ -285,7 +289,7 @@ class DatasetWriter:
             "n_images": n_rows,
             "source": self.source,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "fingerprint": _fingerprint(self.tmp / MANIFEST, self.tmp / STORE),
+            "fingerprint": fingerprint_files(self.tmp / MANIFEST, self.tmp / STORE),
             **(extra_meta or {}),
         }
         (self.tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -300,10 +304,15 @@ class DatasetWriter:
         self._committed = True
         return self.out
 
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def abort(self) -> None:
         """Remove the temporary directory (called automatically when commit never happened)."""
+        self._close()
         if not self._committed:
-            self._store = None
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> DatasetWriter:

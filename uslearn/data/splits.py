@@ -25,7 +25,7 @@ from uslearn.data.dataset import (
     STORE,
     Dataset,
     DatasetError,
-    _fingerprint,
+    fingerprint_files,
     validate_manifest,
 )
 
@@ -213,7 +213,7 @@ def write_splits(dataset: Dataset, manifest: pd.DataFrame) -> Dataset:
     tmp_meta = root / f".{META}.tmp-{os.getpid()}"
     try:
         manifest.reset_index(drop=True).to_parquet(tmp_manifest, index=False)
-        meta = {**dataset.meta, "fingerprint": _fingerprint(tmp_manifest, root / STORE)}
+        meta = {**dataset.meta, "fingerprint": fingerprint_files(tmp_manifest, root / STORE)}
         tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(tmp_manifest, root / MANIFEST)
         os.replace(tmp_meta, root / META)

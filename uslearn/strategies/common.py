@@ -12,7 +12,7 @@ import torch
 
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.sampler import ExamBatchSampler
-from uslearn.data.splits import labelled_subset
+from uslearn.data.splits import labelled_rows, labelled_subset
 from uslearn.errors import UserError
 from uslearn.strategies import evaluation
 from uslearn.strategies.loop import Context
@@ -30,11 +30,15 @@ class Rows:
     @classmethod
     def of(cls, data: Dataset, label_fraction: float, seed: int) -> Rows:
         """Return the rows of every role; raise UserError if validation or test is empty."""
+        # Unlabelled frames of labelled patients stay in their patient's split with labels -1
+        # (docs/DATA.md): they join the unlabelled pool of that split's role, never evaluation.
+        labelled_split = data.indices("labelled")
+        unlabelled_frames = labelled_split[(data.labels[labelled_split] < 0).any(axis=1)]
         rows = cls(
             labelled=np.sort(labelled_subset(data, label_fraction, seed)),
-            unlabelled=data.indices("unlabelled"),
-            val=data.indices("val"),
-            test=data.indices("test"),
+            unlabelled=np.sort(np.concatenate([data.indices("unlabelled"), unlabelled_frames])),
+            val=labelled_rows(data, "val"),
+            test=labelled_rows(data, "test"),
         )
         for role in ("val", "test"):
             if len(getattr(rows, role)) == 0:
