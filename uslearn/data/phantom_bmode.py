@@ -61,7 +61,7 @@ SHADOW_DB = 20.0
 LABEL_GRID = (64, 48)
 _DB = float(np.log(10.0) / 20.0)  # amplitude = exp(dB * _DB)
 _AXIAL = 0.8  # axial PSF sigma (polar samples)
-_LATERAL = (0.9, 2.6)  # lateral PSF sigma at the focus and far from it (scan lines)
+_LATERAL = (0.9, 1.8)  # lateral PSF sigma at the focus and far from it (scan lines)
 
 
 def internal_size(size: int) -> int:
@@ -232,7 +232,7 @@ def render(
     noise = torch.randn(batch, 2, n_r, n_t, generator=generator)
     scatter = amp * torch.exp(lumps - 0.5 * tex * tex)
     field = noise * scatter[:, None]
-    field[:, 0] += 2.0 * wall  # specular reflectors add coherently
+    field[:, 0] += 1.5 * wall  # specular reflectors add coherently
     # PSF: axial pulse, then a lateral beam narrow at the focus and wide away from it.
     field = torch.matmul(_blur_matrix(n_r, _AXIAL), field)
     lateral = torch.cat([_blur_matrix(n_t, _LATERAL[0]), _blur_matrix(n_t, _LATERAL[1])], 1)

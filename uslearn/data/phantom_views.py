@@ -155,8 +155,8 @@ def _peek(rng, ctx: ViewContext, organ: str) -> list[Row]:
 def _gallbladder(rng, ctx: ViewContext, cx: float, cz: float) -> list[Row]:
     """Pear-shaped anechoic gallbladder; sometimes contracted or holding a shadowing stone."""
     contracted = rng.random() < 0.15
-    a = _u(rng, 1.8, 2.5) if contracted else _u(rng, 2.8, 4.5)
-    b = _u(rng, 0.7, 1.0) if contracted else _u(rng, 1.2, 2.0)
+    a = _u(rng, 1.8, 2.5) if contracted else _u(rng, 3.0, 5.0)
+    b = _u(rng, 0.8, 1.1) if contracted else _u(rng, 1.4, 2.2)
     rot = _u(rng, -0.9, 0.9)
     rows = [slot("gallbladder", cx, cz, a, b, rot, _u(rng, -0.04, 0.04), _u(rng, 0.2, 0.5))]
     if rng.random() < 0.1:
