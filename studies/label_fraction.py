@@ -22,19 +22,20 @@ def build(args) -> StudySpec:
     has_imagenet, imagenet_note = imagenet_init()
     # Left panel: from ImageNet as in the paper; from random weights when they are missing.
     left = "imagenet" if has_imagenet else "random"
+    tau = 0.95  # FixMatch's confidence threshold; tau_sensitivity.py sweeps it
     arms = {
-        f"one-head {left}": {"strategy": "fixmatch_one", "init": left},
-        f"two-head {left}": {"strategy": "fixmatch_two", "init": left},
+        f"one-head {left}": {"strategy": "fixmatch_one", "init": left, "tau": tau},
+        f"two-head {left}": {"strategy": "fixmatch_two", "init": left, "tau": tau},
     }
     if has_imagenet:
         arms["supervised imagenet"] = {"strategy": "supervised", "init": "imagenet"}
     if dc is not None:
         arms["supervised dc"] = {"strategy": "supervised", "init": dc}
-        arms["two-head dc"] = {"strategy": "fixmatch_two", "init": dc}
+        arms["two-head dc"] = {"strategy": "fixmatch_two", "init": dc, "tau": tau}
     return StudySpec(
         name="label_fraction",
         title="Fig. 6: weighted F1 against the labelled fraction, per arm",
-        fixed={"tau": 0.95},  # FixMatch's confidence threshold; tau_sensitivity.py sweeps it
+        fixed={},
         arms=arms,
         grid={"label_fraction": [0.1, 0.2, 0.5, 1.0]},  # Fig. 6's x axis, nested by exam
         seeds=(0, 1, 2, 3),  # "each experiment was iterated four times"

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from uslearn.config import ConfigError
@@ -18,6 +19,7 @@ from uslearn.study.resources import (
     images_per_trial,
     trial_throughput,
 )
+from uslearn.study.runner import summarise
 from uslearn.study.spec import (
     Choice,
     LogUniform,
@@ -181,10 +183,17 @@ def test_throughput_scales_with_pixels_and_packing():
     )
 
 
-def test_clustering_counts_two_views_of_the_training_images():
+def test_clustering_counts_two_views_of_the_unlabelled_images():
     counts = {"labelled": 100, "unlabelled": 900, "val": 300, "test": 0}
     config = {"strategy": "lsd", "epochs": 3}
-    assert images_per_trial(config, counts, per_exam=10) == 2 * 1000 * 3 + 3 * 100
+    assert images_per_trial(config, counts, per_exam=10) == 2 * 900 * 3 + 3 * 100
+
+
+def test_fixmatch_counts_a_labelled_batch_and_two_unlabelled_views_per_step():
+    counts = {"labelled": 160, "unlabelled": 900, "val": 0, "test": 30}
+    config = {"strategy": "fixmatch_two", "steps": 10, "batch_exams": 4, "unlabelled_exams": 2}
+    # per exam: min(20 images, cap 16) = 16; 10 steps x (4 x 16 + 2 x 2 x 16) + test / 3
+    assert images_per_trial(config, counts, per_exam=20) == 10 * (64 + 64) + 10
 
 
 def test_trial_names_are_readable_and_filesystem_safe():
@@ -208,11 +217,18 @@ def test_command_line_overrides_resources_and_config():
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
-def test_every_study_builds_and_validates_its_spec_without_starting_ray(path, monkeypatch):
-    monkeypatch.setenv("USLEARN_IMAGENET", "/nonexistent/resnet18.pth")
+@pytest.mark.parametrize("inits_exist", [True, False], ids=["with-inits", "without-inits"])
+def test_every_study_builds_and_validates_its_spec_without_starting_ray(
+    path, inits_exist, monkeypatch, tmp_path
+):
+    weights = tmp_path / "resnet18.pth"
+    if inits_exist:
+        weights.write_bytes(b"")
+    monkeypatch.setenv("USLEARN_IMAGENET", str(weights))
     study, file = load_study(str(path))
     assert file == str(path)
-    spec = study(study_args()) if callable(study) else study
+    dc_init = str(weights) if inits_exist else None
+    spec = study(study_args(dc_init=dc_init)) if callable(study) else study
     assert spec.name == path.stem
     for profile in ("cpu-demo", "gpu", "paper"):
         validate(make_plan(spec, profile))
@@ -225,6 +241,35 @@ def test_the_paper_grids_have_the_papers_sizes():
     assert make_plan(lam, "paper").num_trials() == 40  # {PICA, LSD} x 5 lambdas x 4 seeds
     table, _ = load_study("unsupervised_table")
     assert make_plan(table, "paper").num_trials() == 10  # {PICA, LSD} at lambda=2 x 5 seeds
+
+
+def test_label_fraction_skips_missing_inits_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "absent.pth"))
+    build, _ = load_study("label_fraction")
+    spec = build(study_args())
+    assert sorted(spec.arms) == ["one-head random", "two-head random"]
+    assert any("ImageNet arms are skipped" in note for note in spec.notes)
+    assert any("--dc-init" in note for note in spec.notes)
+    (tmp_path / "w.pth").write_bytes(b"")
+    monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "w.pth"))
+    full = build(study_args(dc_init=str(tmp_path / "w.pth")))
+    assert len(full.arms) == 5 and make_plan(full, "paper").num_trials() == 80
+
+
+def test_the_summary_keeps_the_specs_cell_order_and_counts_finished_seeds():
+    frame = pd.DataFrame(
+        {
+            "cell": ["lam=2", "lam=2", "lam=10", "lam=10"],
+            "status": ["ok", "ok", "ok", "error"],
+            "val/f1_weighted": [0.5, 0.7, 0.4, float("nan")],
+            "test/f1_weighted": [0.4, 0.6, 0.3, float("nan")],
+        }
+    )
+    table = summarise(frame, "val/f1_weighted")
+    assert list(table.index) == ["lam=2", "lam=10"]
+    assert list(table["seeds"]) == [2, 1]
+    assert table.loc["lam=2", "val/f1_weighted best"] == 0.7
+    assert table.loc["lam=2", "test/f1_weighted mean"] == pytest.approx(0.5)
 
 
 def test_dry_run_prints_the_trials_the_resources_and_an_estimate(tmp_path, capsys):

@@ -21,6 +21,13 @@ from uslearn.study.resources import (
 from uslearn.study.spec import Plan
 
 
+def _short(value: Any, width: int = 40) -> Any:
+    """Return ``value``, long strings (checkpoint paths) cut to their last ``width`` chars."""
+    if isinstance(value, str) and len(value) > width:
+        return "..." + value[-width:]
+    return value
+
+
 def trial_table(plan: Plan) -> pd.DataFrame:
     """Return one row per cell (grid) with its swept values and seeds, or one per dimension."""
     if plan.is_search:
@@ -33,7 +40,7 @@ def trial_table(plan: Plan) -> pd.DataFrame:
     rows = []
     for cell in plan.cells:
         row: dict[str, Any] = {"cell": cell.name}
-        row.update({k: cell.overrides.get(k, plan.base.get(k, "")) for k in swept})
+        row.update({k: _short(cell.overrides.get(k, plan.base.get(k, ""))) for k in swept})
         row["seeds"] = ",".join(map(str, plan.seeds))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -18,12 +18,13 @@ from uslearn.config import ConfigError
 STARTUP_S = {"train": 25.0, "in-process": 4.0}
 
 # Training throughput of ONE trial (images through forward+backward per second), measured.
-# cpu: this repository on 2 shared cores, 1 thread per trial (benchmarks/study_overhead.py).
+# cpu, 32 px: median ``train/img_per_s`` of the 60 evaluations of the cpu-demo
+# lambda_sensitivity study (PICA/LSD, two trials sharing 2 busy cores, 1 thread each).
+# cpu, 64 px: the 32 px figure scaled by pixels (not measured).
 # cuda: one H100, ResNet18, bf16 (GPU_NOTES.md); a half-GPU trial gets ~0.73 of a whole GPU
 # because two packed trials reach 1.46x of one.
 THROUGHPUT: dict[tuple[str, int], float] = {
-    ("cpu", 32): 330.0,
-    ("cpu", 64): 95.0,
+    ("cpu", 32): 326.0,
     ("cuda", 128): 32493.0,
     ("cuda", 224): 11450.0,
 }
@@ -126,24 +127,28 @@ def images_per_trial(config: Mapping[str, Any], counts: Mapping[str, int], per_e
         counts: images per split (``labelled``, ``unlabelled``, ``val``, ``test``).
         per_exam: mean images per exam in the dataset (before ``max_images_per_exam``).
 
-    Clustering trains two views of the unlabelled and labelled images for ``epochs``;
-    supervised one view of the label fraction for at most ``epochs`` (early stopping may end
-    sooner); FixMatch ``steps`` of a labelled batch plus weak and strong views of an unlabelled
-    batch. Each evaluation forwards the validation set (counted at a third of a training image).
+    Counted as the strategies count ``train/img_per_s``: clustering trains two views of the
+    unlabelled images (the labelled ones if there are none) for ``epochs``; supervised one
+    view of the label fraction for at most ``epochs`` (early stopping may end sooner);
+    FixMatch ``steps`` of a labelled batch plus weak and strong views of an unlabelled batch.
+    Each evaluation forwards the validation set, counted at a third of a training image.
     """
     cap = config.get("max_images_per_exam", 16) or per_exam
-    batch = config.get("batch_exams", 16) * min(per_exam, cap)
+    per_batch_exam = min(per_exam, cap)
     strategy = config["strategy"]
     labelled = counts.get("labelled", 0) * config.get("label_fraction", 1.0)
+    epochs = config.get("epochs", 100)
     if strategy in ("pica", "lsd"):
-        epoch = counts.get("unlabelled", 0) + counts.get("labelled", 0)
-        train, evals = 2 * epoch * config.get("epochs", 100), config.get("epochs", 100)
+        pool = counts.get("unlabelled", 0) or counts.get("labelled", 0)
+        train, evals = 2 * pool * epochs, epochs
     elif strategy == "supervised":
-        train, evals = labelled * config.get("epochs", 100), config.get("epochs", 100)
+        train, evals = labelled * epochs, epochs
     else:
         steps = config.get("steps", 5000)
-        train = steps * 3 * batch
-        every = config.get("eval_every") or max(1, int(labelled // max(batch, 1)))
+        labelled_batch = config.get("batch_exams", 16) * per_batch_exam
+        unlabelled_batch = config.get("unlabelled_exams", 16) * per_batch_exam
+        train = steps * (labelled_batch + 2 * unlabelled_batch)
+        every = config.get("eval_every") or max(1, round(labelled / max(labelled_batch, 1)))
         evals = max(1, steps // every)
     return int(train + evals * counts.get("val", 0) / 3 + counts.get("test", 0) / 3)
 
