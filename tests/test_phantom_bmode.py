@@ -19,8 +19,8 @@ from uslearn.data.phantom_anatomy import (
     shape_polynomials,
     slot,
 )
-from uslearn.data.phantom_bmode import PARAMS, P, render
-from uslearn.data.phantom_exams import plan_exams
+from uslearn.data.phantom_bmode import render
+from uslearn.data.phantom_exams import PARAMS, P, plan_exams
 from uslearn.data.phantom_overlay import Layout, text_bitmap
 
 QUIET = Layout(text_right=False, ruler_left=False, brightness=0.0, grey_bar=False, logo=False)
@@ -104,7 +104,7 @@ def test_shape_polynomials_match_the_direct_shape_formula():
     x = torch.tensor(rng.uniform(-12, 12, size=(1, 1, 500)), dtype=torch.float32)
     z = torch.tensor(rng.uniform(0, 20, size=(1, 1, 500)), dtype=torch.float32)
     coef = shape_polynomials(np.array(rows)[None])[0]  # (K, M)
-    q_fast = monomials(x, z)[0].double().numpy() @ coef.T  # (N, K)
+    q_fast = monomials(x, z)[0].T.double().numpy() @ coef.T  # (N, K)
     xs, zs = x.numpy().ravel()[:, None], z.numpy().ravel()[:, None]
     dx, dz = xs - f["cx"], zs - f["cz"]
     u = dx * np.cos(f["rot"]) + dz * np.sin(f["rot"])

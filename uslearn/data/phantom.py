@@ -19,7 +19,7 @@ import os
 import types
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -31,7 +31,9 @@ from uslearn.data.phantom_anatomy import ORGANS, pack_slots
 from uslearn.data.phantom_exams import (
     VENDORS,
     Exam,
+    P,
     assign_splits,
+    exam_settings,
     image_settings,
     plan_exams,
 )
@@ -96,11 +98,8 @@ def split_counts(preset: Preset, exams: int) -> dict[str, int]:
     return counts
 
 
-def _scene(rng: np.random.Generator, exam: Exam, view: str, difficulty: float):
-    params, lines = image_settings(rng, exam, view, difficulty)
-    from uslearn.data.phantom_bmode import P
-
-    traits = types.SimpleNamespace(**asdict(exam.patient), bladder_fill=exam.bladder_fill)
+def _scene(rng: np.random.Generator, exam: Exam, view: str, difficulty: float, base, traits):
+    params, lines = image_settings(rng, exam, view, difficulty, base)
     wall = float(params[P["skin"]] + params[P["fat"]] + params[P["muscle"]])
     ctx = ViewContext(
         depth=float(params[P["depth"]]),
@@ -118,8 +117,10 @@ def build_scenes(exams: list[Exam], difficulty: float):
     slots, params, overlays = [], [], []
     for exam in exams:
         rng = np.random.default_rng([exam.seed, 3, exam.index])
+        base = exam_settings(exam)
+        traits = types.SimpleNamespace(**vars(exam.patient), bladder_fill=exam.bladder_fill)
         for view in exam.views:
-            s, p, o = _scene(rng, exam, view, difficulty)
+            s, p, o = _scene(rng, exam, view, difficulty, base, traits)
             slots.append(s)
             params.append(p)
             overlays.append(o)

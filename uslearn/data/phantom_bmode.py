@@ -27,34 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from uslearn.data.phantom_anatomy import ORGANS, tissue_maps
+from uslearn.data.phantom_exams import P
 from uslearn.data.phantom_overlay import Layout, overlay
 
-# Per-image scanner, patient and frame settings (one float each, in this order).
-PARAMS: tuple[str, ...] = (
-    "radius",  # convex probe radius (cm)
-    "depth",  # imaging depth (cm)
-    "half_angle",  # half the sector angle (radians)
-    "freq",  # centre frequency (MHz): attenuation and beam width
-    "focus",  # focal depth (cm)
-    "gain",  # level shown white (dB re liver speckle)
-    "dyn_range",  # displayed dynamic range (dB)
-    "gamma",  # grey map exponent (vendor "tint")
-    "tgc_err",  # TGC slope error (dB/cm/MHz) vs the tissue's true attenuation
-    "tgc_mid",  # TGC slider offsets at mid and full depth (dB)
-    "tgc_deep",
-    "noise_db",  # electronic noise level (dB re liver speckle at 0 dB net gain)
-    "skin",  # body wall layers (cm): skin, subcutaneous fat, muscle
-    "fat",
-    "muscle",
-    "fat_echo",  # echo offset of the subcutaneous fat (dB)
-    "haze",  # near-field reverberation amplitude
-    "fan_w",  # fraction of the frame width and height the sector spans
-    "fan_h",
-    "top",  # top margin (fraction of the frame height)
-    "xc",  # horizontal position of the sector's axis (fraction of the width)
-    "smooth",  # speckle reduction (0 = off, 1 = 3x3 mean)
-)
-P = {name: i for i, name in enumerate(PARAMS)}
 # Beyond this loss (dB) relative to average tissue a region counts as shadowed, i.e. unseen.
 SHADOW_DB = 20.0
 # The anatomy grid (depth x lines) on which labels are measured, whatever the image size.
@@ -94,6 +69,19 @@ def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
     k = torch.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
     k[k < 1e-4] = 0.0
     return k / (sigma * np.sqrt(2 * np.pi))
+
+
+@functools.lru_cache(maxsize=8)
+def _lateral_matrix(n: int) -> torch.Tensor:
+    """Return the (n, 2n) narrow | wide lateral blur matrices side by side."""
+    return torch.cat([_blur_matrix(n, _LATERAL[0]), _blur_matrix(n, _LATERAL[1])], 1)
+
+
+def _mean3x3(x: torch.Tensor) -> torch.Tensor:
+    """Return the 3x3 local mean of (B, H, W) images, edges averaged over what exists."""
+    pad = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    rows = pad[:, :-2] + pad[:, 1:-1] + pad[:, 2:]
+    return (rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]) / 9.0
 
 
 def _polar_grid(p: torch.Tensor, rows: int, cols: int):
@@ -218,45 +206,44 @@ def render(
     theta_rel = torch.linspace(-1, 1, a_t)[None, None, :]
     net_db = tgc - loss_db + 2.0 * torch.exp(-(focus_rel**2)) - 4.0 * theta_rel**8
 
+    # The receive gain (TGC minus attenuation) varies slowly along a line, so it is applied to
+    # the scatterer amplitudes on the coarse grid, before the PSF: one less full-size pass.
+    gain = torch.exp(net_db * _DB)
     amp = torch.exp(maps.echo_db * _DB)
     haze = p[:, P["haze"], None, None] * torch.exp(-d / 1.2)
-    amp = torch.sqrt(amp * amp + haze * haze)
-    lumps = torch.randn(batch, a_r, a_t, generator=generator)
     sigma = 0.8 * maps.tex
-    coarse_maps = torch.stack([amp, maps.wall, sigma, sigma * lumps, net_db], 1)
+    # Log-normal amplitude factor of heterogeneous tissue, mean-corrected (exp(-sigma^2 / 2)).
+    amp = torch.sqrt(amp * amp + haze * haze) * torch.exp(-0.5 * sigma * sigma) * gain
+    lumps = sigma * torch.randn(batch, a_r, a_t, generator=generator)
+    coarse_maps = torch.stack([amp, 1.5 * maps.wall * gain, lumps], 1)
     fine = F.interpolate(coarse_maps, size=(n_r, n_t), mode="bilinear", align_corners=False)
-    amp, wall, tex, lumps, net_db = fine.unbind(1)
+    amp, wall, lumps = fine.unbind(1)
 
     # Scatterers: complex Gaussian reflectivity per cell (random sub-cell positions), scaled by
     # the echo level; heterogeneous tissue gets a log-normal factor (clusters of scatterers).
     noise = torch.randn(batch, 2, n_r, n_t, generator=generator)
-    scatter = amp * torch.exp(lumps - 0.5 * tex * tex)
-    field = noise * scatter[:, None]
-    field[:, 0] += 1.5 * wall  # specular reflectors add coherently
+    field = noise * (amp * torch.exp(lumps))[:, None]
+    field[:, 0] += wall  # specular reflectors add coherently
     # PSF: axial pulse, then a lateral beam narrow at the focus and wide away from it.
     field = torch.matmul(_blur_matrix(n_r, _AXIAL), field)
-    lateral = torch.cat([_blur_matrix(n_t, _LATERAL[0]), _blur_matrix(n_t, _LATERAL[1])], 1)
-    both = torch.matmul(field, lateral)  # (B, 2, n_r, 2 n_t)
+    both = torch.matmul(field, _lateral_matrix(n_t))  # (B, 2, n_r, 2 n_t)
     fr = (torch.arange(n_r, dtype=torch.float32) + 0.5) / n_r
     defocus = (fr[None, :] * depth[:, None] - p[:, P["focus"], None]).abs()
     blend = (defocus / (0.35 * depth[:, None]) * (3.5 / p[:, P["freq"], None])).clamp(0, 1)
-    blend = blend[:, None, :, None]
-    field = torch.lerp(both[..., :n_t], both[..., n_t:], blend)
+    field = torch.lerp(both[..., :n_t], both[..., n_t:], blend[:, None, :, None])
 
-    gain = torch.exp(net_db * _DB)
     noise_amp = torch.pow(10.0, p[:, P["noise_db"], None, None] / 20.0)
     # Electronic noise is white: the speckle draws, mirrored in depth, serve as its samples
     # (where the noise shows, the echo it was drawn for lies elsewhere and is unrelated).
     thermal = noise.flip(2)
-    re = field[:, 0] * gain + noise_amp * thermal[:, 1]
-    im = field[:, 1] * gain + noise_amp * thermal[:, 0]
+    re = torch.addcmul(field[:, 0], thermal[:, 1], noise_amp)
+    im = torch.addcmul(field[:, 1], thermal[:, 0], noise_amp)
     level = 10.0 * torch.log10(re * re + im * im + 1e-12)
     low = (p[:, P["gain"]] - p[:, P["dyn_range"]])[:, None, None]
-    shown = ((level - low) / p[:, P["dyn_range"], None, None]).clamp(0, 1)
+    shown = ((level - low) / p[:, P["dyn_range"], None, None]).clamp_(0, 1)
     # Speckle reduction filter of modern scanners: blend with a 3x3 local mean.
-    smooth = p[:, P["smooth"], None, None]
-    local = F.avg_pool2d(shown[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0]
-    shown = torch.lerp(shown, local, smooth) ** p[:, P["gamma"], None, None]
+    shown = torch.lerp(shown, _mean3x3(shown), p[:, P["smooth"], None, None])
+    shown = shown ** p[:, P["gamma"], None, None]
 
     grid = _frame_grid(p, side)
     frames = F.grid_sample(
@@ -266,7 +253,8 @@ def render(
     frames = torch.maximum(frames, torch.as_tensor(marks))
     if side != size:
         frames = F.interpolate(frames[:, None], size=(size, size), mode="area")[:, 0]
-    images = (frames * 255.0 + 0.5).floor().clamp(0, 255).to(torch.uint8).numpy()
+    # Truncation of non-negative values after +0.5 rounds to nearest.
+    images = (frames * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
     masks = None
     if with_masks:
         organ_maps = F.interpolate(maps.organs, size=(n_r, n_t), mode="bilinear")

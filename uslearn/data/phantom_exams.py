@@ -15,9 +15,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uslearn.data.phantom_bmode import PARAMS, P
 from uslearn.data.phantom_overlay import Layout
 from uslearn.data.phantom_views import VIEW_DEPTH
+
+# Per-image scanner, patient and frame settings (one float each, in this order).
+PARAMS: tuple[str, ...] = (
+    "radius",  # convex probe radius (cm)
+    "depth",  # imaging depth (cm)
+    "half_angle",  # half the sector angle (radians)
+    "freq",  # centre frequency (MHz): attenuation and beam width
+    "focus",  # focal depth (cm)
+    "gain",  # level shown white (dB re liver speckle)
+    "dyn_range",  # displayed dynamic range (dB)
+    "gamma",  # grey map exponent (vendor "tint")
+    "tgc_err",  # TGC slope error (dB/cm/MHz) vs the tissue's true attenuation
+    "tgc_mid",  # TGC slider offsets at mid and full depth (dB)
+    "tgc_deep",
+    "noise_db",  # electronic noise level (dB re liver speckle at 0 dB net gain)
+    "skin",  # body wall layers (cm): skin, subcutaneous fat, muscle
+    "fat",
+    "muscle",
+    "fat_echo",  # echo offset of the subcutaneous fat (dB)
+    "haze",  # near-field reverberation amplitude
+    "fan_w",  # fraction of the frame width and height the sector spans
+    "fan_h",
+    "top",  # top margin (fraction of the frame height)
+    "xc",  # horizontal position of the sector's axis (fraction of the width)
+    "smooth",  # speckle reduction (0 = off, 1 = 3x3 mean)
+)
+P = {name: i for i, name in enumerate(PARAMS)}
 
 # Images per exam in the paper: 89 830 / 6 951.
 MEAN_IMAGES_PER_EXAM = 89_830 / 6_951
@@ -252,37 +278,64 @@ def assign_splits(exams: list[Exam], counts: dict[str, int], seed: int) -> list[
     return split
 
 
-def image_settings(
-    rng: np.random.Generator, exam: Exam, view: str, difficulty: float
-) -> tuple[np.ndarray, list[str]]:
-    """Return the (len(PARAMS),) settings of one frame and its overlay text lines."""
+def exam_settings(exam: Exam) -> dict[str, float]:
+    """Return the settings shared by all frames of an exam (from a stream seeded by the exam)."""
     vendor = VENDORS[exam.vendor]
     habitus = exam.patient.habitus
-    # Exam-level settings come from a stream seeded by the exam so all its frames share them.
-    exam_rng = np.random.default_rng([exam.seed, 7, exam.index])
-    freq = vendor.freq + exam_rng.uniform(-0.3, 0.3) - 0.5 * habitus
-    gain_exam = 30.0 + exam_rng.normal(0, 2.5)
-    dyn_range = vendor.dyn_range + exam_rng.uniform(-4, 4)
-    fat = 0.6 + 3.5 * habitus + exam_rng.uniform(-0.2, 0.2)
+    rng = np.random.default_rng([exam.seed, 7, exam.index])
+    return {
+        "freq": vendor.freq + rng.uniform(-0.3, 0.3) - 0.5 * habitus,
+        "gain": 30.0 + rng.normal(0, 2.5),
+        "dyn_range": vendor.dyn_range + rng.uniform(-4, 4),
+        "fat": 0.6 + 3.5 * habitus + rng.uniform(-0.2, 0.2),
+        "half_angle": float(np.deg2rad(vendor.half_angle_deg + rng.uniform(-3, 3))),
+        "gamma": vendor.gamma * rng.uniform(0.9, 1.1),
+        "muscle": rng.uniform(0.6, 1.4),
+        "fat_echo": rng.uniform(-2, 3),
+        "frame_rate": int(rng.integers(12, 35)),
+        "mi": int(rng.integers(0, 4)),
+    }
+
+
+def image_settings(
+    rng: np.random.Generator,
+    exam: Exam,
+    view: str,
+    difficulty: float,
+    base: dict[str, float] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Return the (len(PARAMS),) settings of one frame and its overlay text lines.
+
+    Args:
+        rng: the exam's scene stream (frame-level jitter).
+        exam: the exam the frame belongs to.
+        view: the view's name (sets the typical depth).
+        difficulty: 1 = default; more adds electronic noise and haze.
+        base: ``exam_settings(exam)``, computed once per exam by callers that loop.
+    """
+    base = exam_settings(exam) if base is None else base
+    vendor = VENDORS[exam.vendor]
+    habitus = exam.patient.habitus
+    freq, gain_exam, dyn_range, fat = base["freq"], base["gain"], base["dyn_range"], base["fat"]
     p = np.zeros(len(PARAMS), dtype=np.float32)
     p[P["radius"]] = vendor.radius
-    p[P["depth"]] = np.clip(VIEW_DEPTH[view] + 4.0 * habitus + rng.normal(0, 1.0), 8, 24)
-    p[P["half_angle"]] = np.deg2rad(vendor.half_angle_deg + exam_rng.uniform(-3, 3))
+    p[P["depth"]] = min(max(VIEW_DEPTH[view] + 4.0 * habitus + rng.normal(0, 1.0), 8.0), 24.0)
+    p[P["half_angle"]] = base["half_angle"]
     p[P["freq"]] = freq
     p[P["focus"]] = p[P["depth"]] * rng.uniform(0.35, 0.7)
     # The operator compensates about half the fat layer's extra loss with gain.
     extra_loss = 2 * freq * 0.4 * fat
     p[P["gain"]] = gain_exam - 0.5 * extra_loss + rng.normal(0, 2.5)
     p[P["dyn_range"]] = dyn_range
-    p[P["gamma"]] = vendor.gamma * exam_rng.uniform(0.9, 1.1)
+    p[P["gamma"]] = base["gamma"]
     p[P["tgc_err"]] = rng.normal(0, 0.03)
     p[P["tgc_mid"]] = rng.normal(0, 2.0)
     p[P["tgc_deep"]] = rng.normal(0, 3.0)
     p[P["noise_db"]] = -38.0 + 6.0 * habitus + 3.0 * (difficulty - 1.0) + rng.normal(0, 2.0)
     p[P["skin"]] = 0.15
     p[P["fat"]] = fat
-    p[P["muscle"]] = exam_rng.uniform(0.6, 1.4)
-    p[P["fat_echo"]] = exam_rng.uniform(-2, 3)
+    p[P["muscle"]] = base["muscle"]
+    p[P["fat_echo"]] = base["fat_echo"]
     p[P["haze"]] = (0.05 + 0.35 * habitus) * max(difficulty, 0.2) * rng.uniform(0.5, 1.5)
     fan_w, fan_h, top, xc = vendor.frame
     p[P["fan_w"]], p[P["fan_h"]] = fan_w, fan_h
@@ -292,6 +345,6 @@ def image_settings(
         f"{vendor.probe} ABD",
         f"{freq:.1f}MHZ D{p[P['depth']]:.0f}CM",
         f"G{50 + round(gain_exam - 30)} DR{dyn_range:.0f}",
-        f"FR{int(exam_rng.integers(12, 35))} MI1.{int(exam_rng.integers(0, 4))}",
+        f"FR{base['frame_rate']} MI1.{base['mi']}",
     ]
     return p, lines
