@@ -195,6 +195,20 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, t
     assert sorted(results(tmp_path, "probe_resume")["cell"]) == ["lam=1", "lam=2", "lam=5"]
 
 
+def test_smoke_test_runs_one_trial_of_the_first_cell_on_the_tiny_phantom(
+    ray_address, tiny, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("USLEARN_DATA", str(tiny.parent))  # where --smoke-test looks for "tiny"
+    from uslearn.study.cli import load_study
+
+    spec, file = load_study("lambda_sensitivity")
+    argv = ["--smoke-test", "--no-report", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert main(spec, file, [*argv, "--storage", str(tmp_path / "studies")]) == 0
+    _, _, children = runs_of(tmp_path, "lambda_sensitivity")
+    (child,) = children
+    assert child.info.run_name == "pica lam=0.5 seed=0" and child.data.params["steps"] == "2"
+
+
 def test_a_two_worker_trial_runs_as_a_ddp_train_job(ray_address, tiny, tmp_path):
     spec = probe_spec("probe_ddp", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
     argv = study_argv(

@@ -283,6 +283,16 @@ def test_dry_run_prints_the_trials_the_resources_and_an_estimate(tmp_path, capsy
     assert "estimate: unknown until the dataset exists" in out
 
 
+def test_uslearn_study_runs_a_study_file_by_name(tmp_path, capsys):
+    from uslearn.cli import main as uslearn_main
+
+    argv = ["study", "lambda_sensitivity", "--dry-run", "--profile", "paper"]
+    assert uslearn_main([*argv, "--data", str(tmp_path / "absent")]) == 0
+    assert "40 trials = 10 cells x 4 seeds" in capsys.readouterr().out
+    assert uslearn_main(["study", "no_such_study"]) == 2
+    assert "known studies" in capsys.readouterr().err
+
+
 def test_dry_run_estimate_comes_from_the_dataset_and_the_throughput(tmp_path):
     plan = make_plan(make_spec(), "cpu-demo")
     counts = {"labelled": 100, "unlabelled": 900, "val": 300, "test": 300}
