@@ -185,6 +185,19 @@ def test_some_labels_are_hard_because_an_organ_barely_shows(many):
     assert 0.02 < marginal < 0.3
 
 
+def test_higher_difficulty_gives_more_marginal_organs_and_poorer_frames(tmp_path):
+    easy = make_phantom(tmp_path, "easy", exams=60, size=16, difficulty=0.0)
+    hard = make_phantom(tmp_path, "hard", exams=60, size=16, difficulty=2.0)
+
+    def marginal(data):
+        truth = truth_of(data)
+        visible = truth[[c for c in truth.columns if c.startswith("visible_")]].to_numpy()
+        return ((visible > 0.002) & (visible < 0.03)).any(axis=1).mean()
+
+    assert marginal(hard) > 1.5 * marginal(easy)
+    assert easy.manifest["view"].equals(hard.manifest["view"])  # same exams, harder frames
+
+
 def test_label_noise_touches_labelled_and_val_rows_only(tmp_path):
     noisy = make_phantom(tmp_path, "noisy", label_noise=0.3)
     truth = truth_of(noisy)[list(CLASSES)].to_numpy()

@@ -209,7 +209,7 @@ def render(
     # The receive gain (TGC minus attenuation) varies slowly along a line, so it is applied to
     # the scatterer amplitudes on the coarse grid, before the PSF: one less full-size pass.
     gain = torch.exp(net_db * _DB)
-    amp = torch.exp(maps.echo_db * _DB)
+    amp = torch.exp(maps.echo_db * (p[:, P["contrast"], None, None] * _DB))
     haze = p[:, P["haze"], None, None] * torch.exp(-d / 1.2)
     sigma = 0.8 * maps.tex
     # Log-normal amplitude factor of heterogeneous tissue, mean-corrected (exp(-sigma^2 / 2)).

@@ -42,6 +42,7 @@ PARAMS: tuple[str, ...] = (
     "top",  # top margin (fraction of the frame height)
     "xc",  # horizontal position of the sector's axis (fraction of the width)
     "smooth",  # speckle reduction (0 = off, 1 = 3x3 mean)
+    "contrast",  # tissue contrast (1 = nominal; < 1 a poor, washed-out frame)
 )
 P = {name: i for i, name in enumerate(PARAMS)}
 
@@ -341,6 +342,9 @@ def image_settings(
     p[P["fan_w"]], p[P["fan_h"]] = fan_w, fan_h
     p[P["top"]], p[P["xc"]] = top, xc
     p[P["smooth"]] = vendor.smooth
+    # Some frames are washed out (poor window, wrong preset): echo contrast shrinks.
+    poor = rng.random() < min(0.5, 0.12 * difficulty)
+    p[P["contrast"]] = rng.uniform(0.45, 0.8) if poor else 1.0
     lines = [
         f"{vendor.probe} ABD",
         f"{freq:.1f}MHZ D{p[P['depth']]:.0f}CM",
