@@ -8,7 +8,8 @@ The same N small trials (tiny phantom, LSD, 32 px, 2 epochs), three ways, in one
 - ddp: the same study with 2 Ray Train workers per trial (the GPU/DDP path: a TorchTrainer,
   whose worker group starts for every trial).
 
-Prints seconds per trial and the overhead per trial over bare.
+Prints seconds per trial and the overhead per trial over bare (bare is timed before and after
+the studies and averaged, since other jobs on the machine change its speed).
 
     python benchmarks/study_overhead.py [--trials 4] [--skip-ddp]
 """
@@ -26,8 +27,11 @@ FAST = {"epochs": 2, "batch_exams": 4, "max_images_per_exam": 4, "image_size": 3
 
 def bare(data: Path, lams: list[float], out: Path) -> float:
     """Return the wall time of the trials run back to back in this process."""
+    import torch
+
     from uslearn.strategies import run
 
+    torch.set_num_threads(1)  # as in a Tune trial process with one CPU (OMP_NUM_THREADS=1)
     start = time.perf_counter()
     for lam in lams:
         config = {"strategy": "lsd", "k": 0, "lam": lam, "device": "cpu", **FAST}
@@ -70,14 +74,16 @@ def main() -> None:
         out = Path(tmp)
         data = ensure_phantom(out / "tiny", preset="tiny").root
         bare(data, lams[:1], out)  # warm-up: imports, first-call allocations
-        times = {"bare": bare(data, lams, out)}
+        first = bare(data, lams, out)
         ray.init(
             num_cpus=2, include_dashboard=False, resources={"TRAIN_DRIVER": 1}, log_to_driver=False
         )
-        times["tune"] = study(data, lams, out, "overhead_tune")
+        times = {"tune": study(data, lams, out, "overhead_tune")}
         if not args.skip_ddp:
             times["ddp"] = study(data, lams, out, "overhead_ddp", "--workers-per-trial", "2")
         ray.shutdown()
+        # Bare before and after the studies: the machine's load drifts, the mean is fairer.
+        times = {"bare": (first + bare(data, lams, out)) / 2, **times}
     per_bare = times["bare"] / args.trials
     print(
         f"\n{args.trials} trials (tiny phantom, LSD, 32 px, 2 epochs), one at a time, 2 CPU cores"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -211,7 +212,9 @@ def test_command_line_overrides_resources_and_config():
     args = argparse.Namespace(workers_per_trial=2, num_gpus_per_trial=2.0, cpus_per_worker=None)
     res = _resources(Resources(1, 0.5, 4.0), args)
     assert (res.workers, res.gpus_per_worker, res.cpus_per_worker) == (2, 1.0, 4.0)
-    assert parse_sets(["lr=0.01", "init = imagenet"]) == {"lr": "0.01", "init": "imagenet"}
+    sets = parse_sets(["lr=1e-4", "init = imagenet", "epochs=2", "compile=true"])
+    assert sets == {"lr": 1e-4, "init": "imagenet", "epochs": 2, "compile": True}
+    assert type(sets["epochs"]) is int
     with pytest.raises(Exception, match="KEY=VALUE"):
         parse_sets(["lr"])
 
@@ -303,3 +306,17 @@ def test_dry_run_estimate_comes_from_the_dataset_and_the_throughput(tmp_path):
         "cpu", 32, 0, 1
     )
     assert seconds == pytest.approx(6 * (one + 4.0))  # 12 trials, 2 at a time
+
+
+def test_resume_refuses_another_profile_and_needs_an_earlier_run(tmp_path, capsys):
+    lam, file = load_study("lambda_sensitivity")
+    storage = tmp_path / "studies"
+    argv = ["--resume", "--dry-run", "--storage", str(storage), "--profile", "cpu-demo"]
+    assert main(lam, file, argv) == 2
+    assert "no earlier run of study 'lambda_sensitivity'" in capsys.readouterr().err
+    earlier = storage / "lambda_sensitivity" / "gpu-20260101-000000"
+    earlier.mkdir(parents=True)
+    state = {"profile": "gpu", "tracking_uri": "sqlite:///x.db", "data_path": str(tmp_path)}
+    (earlier / "study.json").write_text(json.dumps(state))
+    assert main(lam, file, argv) == 2
+    assert "used profile 'gpu', not 'cpu-demo'" in capsys.readouterr().err

@@ -95,14 +95,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_sets(items: list[str]) -> dict[str, str]:
-    """Return ``--set KEY=VALUE`` items as a dict (values stay strings; configs coerce them)."""
+def _scalar(text: str) -> int | float | bool | str:
+    """Return ``text`` as an int, float or bool when it reads as one, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_sets(items: list[str]) -> dict[str, int | float | bool | str]:
+    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
+        out[key.strip()] = _scalar(value.strip())
     return out
 
 
@@ -160,6 +170,11 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         exp_dir, state = latest_state(storage, spec.name)
         args.tracking_uri = args.mlflow and args.tracking_uri or state["tracking_uri"]
     profile, why = session.choose_profile(args, state)
+    if state and profile != state["profile"]:
+        raise UserError(
+            f"--resume: the run being resumed ({exp_dir}) used profile '{state['profile']}', "
+            f"not '{profile}'; drop --profile or start a new run"
+        )
     prof = PROFILES[profile]
     res = _resources(spec.resources.get(profile, prof.resources), args)
     plan = make_plan(
@@ -205,7 +220,9 @@ def load_study(name: str) -> tuple[StudyLike, str]:
     """
     path = Path(name)
     if path.suffix != ".py":
-        path = STUDIES_DIR / f"{name}.py"
+        # The working directory's studies/ first (a checkout), then the package's own.
+        candidates = [Path.cwd() / "studies" / f"{name}.py", STUDIES_DIR / f"{name}.py"]
+        path = next((c for c in candidates if c.is_file()), candidates[-1])
     if not path.is_file():
         known = sorted(p.stem for p in STUDIES_DIR.glob("*.py"))
         raise UserError(f"no study file {path}; known studies: {known}")
