@@ -52,6 +52,7 @@ def settings(**overrides) -> np.ndarray:
         xc=0.5,
         smooth=0.0,
         contrast=1.0,
+        mirror=1.0,
     )
     values.update(overrides)
     return np.array([values[name] for name in PARAMS], dtype=np.float32)

@@ -105,7 +105,7 @@ def _frame_grid(p: torch.Tensor, size: int) -> torch.Tensor:
     frame_h = (depth - z_top) / fan_h
     frame_w = 2 * (radius + depth) * torch.sin(half) / fan_w
     f = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    x = (f[None, None, :] - xc) * frame_w
+    x = (f[None, None, :] - xc) * frame_w * p[:, P["mirror"], None, None]
     z = z_top - top * frame_h + f[None, :, None] * frame_h
     r = torch.sqrt(x * x + (z + radius) ** 2)
     theta = torch.atan2(x, z + radius)
@@ -113,7 +113,7 @@ def _frame_grid(p: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _frame_pixels(p: np.ndarray, size: int, x: float, z: float) -> tuple[int, int]:
-    """Return the (row, col) pixel of physical point (x, z) cm in a frame with settings p."""
+    """Return the (row, col) pixel of display point (x, z) cm (x as displayed, after mirroring)."""
     radius, depth, half = p[P["radius"]], p[P["depth"]], p[P["half_angle"]]
     z_top = radius * (np.cos(half) - 1)
     frame_h = (depth - z_top) / p[P["fan_h"]]
@@ -132,7 +132,9 @@ def frame_overlay(p: np.ndarray, size: int, layout: Layout, lines: list[str]) ->
     col += int(side * max(2, size // 64))
     rows = np.array([_frame_pixels(p, size, 0.0, cm)[0] for cm in range(int(depth) + 1)])
     focus_row, _ = _frame_pixels(p, size, 0.0, p[P["focus"]])
-    top = _frame_pixels(p, size, -radius * np.sin(half), radius * (np.cos(half) - 1))
+    # The orientation dot marks the probe's notch side, which mirroring moves across.
+    notch = -radius * np.sin(half) * p[P["mirror"]]
+    top = _frame_pixels(p, size, notch, radius * (np.cos(half) - 1))
     return overlay(size, layout, lines, col, rows, focus_row, top)
 
 

@@ -43,6 +43,7 @@ PARAMS: tuple[str, ...] = (
     "xc",  # horizontal position of the sector's axis (fraction of the width)
     "smooth",  # speckle reduction (0 = off, 1 = 3x3 mean)
     "contrast",  # tissue contrast (1 = nominal; < 1 a poor, washed-out frame)
+    "mirror",  # +1, or -1 for a left-right mirrored display (probe orientation)
 )
 P = {name: i for i, name in enumerate(PARAMS)}
 
@@ -286,7 +287,7 @@ def exam_settings(exam: Exam) -> dict[str, float]:
     rng = np.random.default_rng([exam.seed, 7, exam.index])
     return {
         "freq": vendor.freq + rng.uniform(-0.3, 0.3) - 0.5 * habitus,
-        "gain": 30.0 + rng.normal(0, 2.5),
+        "gain": 30.0 + rng.normal(0, 3.5),
         "dyn_range": vendor.dyn_range + rng.uniform(-4, 4),
         "fat": 0.6 + 3.5 * habitus + rng.uniform(-0.2, 0.2),
         "half_angle": float(np.deg2rad(vendor.half_angle_deg + rng.uniform(-3, 3))),
@@ -295,6 +296,10 @@ def exam_settings(exam: Exam) -> dict[str, float]:
         "fat_echo": rng.uniform(-2, 3),
         "frame_rate": int(rng.integers(12, 35)),
         "mi": int(rng.integers(0, 4)),
+        # Zoom and pan of the display, and the probe-orientation convention of the exam.
+        "zoom": rng.uniform(0.85, 1.1),
+        "pan": rng.uniform(-0.04, 0.04),
+        "mirror": -1.0 if rng.random() < 0.25 else 1.0,
     }
 
 
@@ -326,7 +331,7 @@ def image_settings(
     p[P["focus"]] = p[P["depth"]] * rng.uniform(0.35, 0.7)
     # The operator compensates about half the fat layer's extra loss with gain.
     extra_loss = 2 * freq * 0.4 * fat
-    p[P["gain"]] = gain_exam - 0.5 * extra_loss + rng.normal(0, 2.5)
+    p[P["gain"]] = gain_exam - 0.5 * extra_loss + rng.normal(0, 3.0)
     p[P["dyn_range"]] = dyn_range
     p[P["gamma"]] = base["gamma"]
     p[P["tgc_err"]] = rng.normal(0, 0.03)
@@ -339,8 +344,10 @@ def image_settings(
     p[P["fat_echo"]] = base["fat_echo"]
     p[P["haze"]] = (0.05 + 0.35 * habitus) * max(difficulty, 0.2) * rng.uniform(0.5, 1.5)
     fan_w, fan_h, top, xc = vendor.frame
-    p[P["fan_w"]], p[P["fan_h"]] = fan_w, fan_h
-    p[P["top"]], p[P["xc"]] = top, xc
+    p[P["fan_w"]] = fan_w * base["zoom"]
+    p[P["fan_h"]] = min(fan_h * base["zoom"], 0.97 - top)
+    p[P["top"]], p[P["xc"]] = top, xc + base["pan"]
+    p[P["mirror"]] = -base["mirror"] if rng.random() < 0.1 else base["mirror"]
     p[P["smooth"]] = vendor.smooth
     # Some frames are washed out (poor window, wrong preset): echo contrast shrinks.
     poor = rng.random() < min(0.5, 0.12 * difficulty)
