@@ -320,3 +320,19 @@ def test_resume_refuses_another_profile_and_needs_an_earlier_run(tmp_path, capsy
     (earlier / "study.json").write_text(json.dumps(state))
     assert main(lam, file, argv) == 2
     assert "used profile 'gpu', not 'cpu-demo'" in capsys.readouterr().err
+
+
+def test_resume_rebuilds_the_plan_from_the_saved_flags_and_refuses_other_ones(tmp_path, capsys):
+    lam, file = load_study("lambda_sensitivity")
+    storage = tmp_path / "studies"
+    earlier = storage / "lambda_sensitivity" / "paper-20260101-000000"
+    earlier.mkdir(parents=True)
+    options = {"seeds": 1, "set": ["epochs=2"], "workers_per_trial": None}
+    state = {"profile": "paper", "tracking_uri": "sqlite:///x.db", "options": options}
+    (earlier / "study.json").write_text(json.dumps({**state, "data_path": str(tmp_path)}))
+    argv = ["--resume", "--dry-run", "--storage", str(storage)]
+    assert main(lam, file, argv) == 0
+    out = capsys.readouterr().out
+    assert "10 trials = 10 cells x 1 seeds" in out and "epochs=2" in out
+    assert main(lam, file, [*argv, "--seeds", "3"]) == 2
+    assert "--seeds 3 differs from the interrupted run's 1" in capsys.readouterr().err

@@ -146,6 +146,35 @@ def _resources(base: Resources, args: argparse.Namespace) -> Resources:
     return Resources(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
 
 
+# Flags that shape the trials: a resumed run must rebuild exactly the plan it started with.
+PLAN_OPTIONS = (
+    "seeds",
+    "set",
+    "workers_per_trial",
+    "num_gpus_per_trial",
+    "cpus_per_worker",
+    "smoke_test",
+)
+
+
+def plan_options(args: argparse.Namespace) -> dict:
+    """Return the plan-shaping flags of ``args`` (saved with the run for ``--resume``)."""
+    return {key: getattr(args, key) for key in PLAN_OPTIONS}
+
+
+def _reuse_options(args: argparse.Namespace, saved: dict) -> None:
+    """Set the plan-shaping flags of a resumed run from ``saved``; refuse different ones."""
+    for key, value in saved.items():
+        given = getattr(args, key, None)
+        if given not in (None, [], False) and given != value:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(
+                f"--resume: {flag} {given!r} differs from the interrupted run's {value!r}; "
+                "resume with the same flags (or none) or start a new run"
+            )
+        setattr(args, key, value)
+
+
 def _relative(path: str) -> str:
     here = Path(path).resolve()
     try:
@@ -169,6 +198,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
 
         exp_dir, state = latest_state(storage, spec.name)
         args.tracking_uri = args.mlflow and args.tracking_uri or state["tracking_uri"]
+        _reuse_options(args, state.get("options", {}))
     profile, why = session.choose_profile(args, state)
     if state and profile != state["profile"]:
         raise UserError(
@@ -206,6 +236,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         study_file=_relative(study_file),
         resume=args.resume,
         max_concurrent=args.max_concurrent,
+        options=plan_options(args),
     )
     frame = execute(plan, inv, args.address)
     print(session.footer(plan, inv, frame, report=not args.no_report))

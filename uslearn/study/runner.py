@@ -13,7 +13,7 @@ import functools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Invocation:
         study_file: path of the ``studies/*.py`` file (a tag of every run).
         resume: continue the experiment in ``exp_dir`` instead of starting it.
         max_concurrent: ``--max-concurrent`` (None = what fits).
+        options: the plan-shaping flags, saved so that ``--resume`` rebuilds the same plan.
     """
 
     exp_dir: Path
@@ -53,6 +54,7 @@ class Invocation:
     study_file: str
     resume: bool
     max_concurrent: int | None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def new_exp_dir(storage: Path, study: str, profile: str) -> Path:
@@ -260,6 +262,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
             "tracking_uri": inv.tracking_uri,
             "data_path": str(inv.data_path),
             "fingerprint": inv.fingerprint,
+            "options": inv.options,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         state_path.write_text(json.dumps(state, indent=2) + "\n")
