@@ -1,10 +1,10 @@
 """Fig. 5 — sensitivity of PICA and LSD to λ, the weight of the cluster-size prior.
 
 Both deep-clustering losses are trained without labels on the unlabelled exams, with
-L = L_CE + λ·L_NE (PICA, Eq. 5) or L = L_CE + λ·L_SD(α) (LSD, Eq. 7), for λ ∈ {0.5, 1, 2, 5, 10}
-and four seeds each: 2 × 5 × 4 = 40 trials. The clusters are mapped to multi-labels by
-Algorithm 1 on the validation set; we compare the weighted F1 on the test set. Every cell runs
-to the end (no pruner), so the box plot of each cell holds all of its seeds.
+L = L_CE + λ·L_NE (PICA; L_NE is Eq. 4) or L = L_CE + λ·L_SD(α) (LSD, Eq. 7), for
+λ ∈ {0.5, 1, 2, 5, 10} and four seeds each: 2 × 5 × 4 = 40 trials. The clusters are mapped
+to multi-labels by Algorithm 1 on the validation set; we compare the weighted F1 on the test
+set. Every cell runs to the end (no pruner), so each box of the plot holds all of its seeds.
 
     python studies/lambda_sensitivity.py                   # cpu-demo profile without a GPU
     python studies/lambda_sensitivity.py --profile paper --data DIR

@@ -8,6 +8,7 @@ imports (ray, torch, mlflow) stay inside functions so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dc-init",
         metavar="PATH",
-        help="deep-clustering checkpoint for studies with a DC-init arm (default: best LSD run in MLflow)",
+        help="deep-clustering checkpoint for DC-init arms (default: best LSD run in MLflow)",
     )
     parser.add_argument(
         "--smoke-test",
@@ -121,7 +122,15 @@ def main(study: StudyLike, study_file: str, argv: list[str] | None = None) -> in
     from uslearn.log import configure
 
     name = Path(study_file).stem
-    parser = argparse.ArgumentParser(prog=f"studies/{name}.py", description=__doc__.splitlines()[0])
+    try:  # the study's own docstring (its methods paragraph) is its --help text
+        about = ast.get_docstring(ast.parse(Path(study_file).read_text())) or ""
+    except (OSError, SyntaxError):
+        about = ""
+    parser = argparse.ArgumentParser(
+        prog=f"studies/{name}.py",
+        description=about,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
@@ -271,7 +280,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "study",
         help="Run a study of studies/ (Ray Tune + Optuna, trials logged to MLflow).",
-        description="Run a study of studies/ (e.g. lambda_sensitivity) with the same flags as its script.",
+        description="Run a study of studies/ (e.g. lambda_sensitivity), flags as for its script.",
     )
     parser.add_argument("name", help="study name in studies/ or path of a study file")
     add_arguments(parser)

@@ -58,7 +58,7 @@ class Invocation:
 
 
 def new_exp_dir(storage: Path, study: str, profile: str) -> Path:
-    """Return a fresh experiment folder path (not created): ``<storage>/<study>/<profile>-<UTC>``."""
+    """Return a new experiment folder path (not created): ``<storage>/<study>/<profile>-<UTC>``."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return storage / study / f"{profile}-{stamp}"
 
@@ -80,7 +80,7 @@ def latest_state(storage: Path, study: str) -> tuple[Path, dict[str, Any]]:
 
 
 def connect(address: str | None, mode: str) -> dict[str, float]:
-    """Connect to Ray (``address``, else ``$RAY_ADDRESS``, else a new local Ray); return its resources.
+    """Connect to Ray (``address``, ``$RAY_ADDRESS`` or a new local Ray); return its resources.
 
     A local Ray gets the custom ``TRAIN_DRIVER`` resource that GPU/DDP trials' driver functions
     ask for, so the CPUs and GPUs stay for the Train workers (RAY_NOTES.md).
@@ -102,7 +102,8 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
     if mode == "train" and resources.get(DRIVER_RESOURCE, 0) <= 0:
         raise UserError(
             f"the Ray cluster has no '{DRIVER_RESOURCE}' resource, which the per-trial Ray Train "
-            f"driver needs: start the head with ray start --head --resources='{{\"{DRIVER_RESOURCE}\": 1}}' "
+            "driver needs: start the head with "
+            f"ray start --head --resources='{{\"{DRIVER_RESOURCE}\": 1}}' "
             "(cluster.yaml does this)"
         )
     return resources
