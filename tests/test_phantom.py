@@ -240,6 +240,12 @@ def test_ensure_phantom_never_replaces_a_dataset_that_is_not_a_phantom(tmp_path)
         writer.commit(frame)
     with pytest.raises(DatasetError, match="not a phantom"):
         ensure_phantom(path, preset="tiny")
+    stranger = tmp_path / "home"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="not a phantom"):
+        ensure_phantom(stranger, preset="tiny")
+    assert (stranger / "notes.txt").read_text() == "keep me"
 
 
 def test_bad_arguments_are_user_errors_naming_the_option(tmp_path, tiny):
@@ -247,6 +253,8 @@ def test_bad_arguments_are_user_errors_naming_the_option(tmp_path, tiny):
         generate_phantom(tmp_path / "x", preset="huge")
     with pytest.raises(DatasetError, match="--exams"):
         generate_phantom(tmp_path / "x", preset="tiny", exams=3)
+    with pytest.raises(DatasetError, match="--seed"):
+        generate_phantom(tmp_path / "x", preset="tiny", seed=-1)
     with pytest.raises(DatasetError, match="--difficulty"):
         generate_phantom(tmp_path / "x", preset="tiny", difficulty=-1)
     with pytest.raises(DatasetError, match="already exists"):

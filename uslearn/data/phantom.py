@@ -15,6 +15,7 @@ one torch thread, so the store and manifest are byte-identical whatever ``worker
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import types
 from collections import deque
@@ -222,6 +223,8 @@ def generate_phantom(
     size = spec.size if size is None else int(size)
     if exams < 8:
         raise DatasetError(f"--exams {exams}: the phantom needs at least 8 exams to split")
+    if seed < 0:
+        raise DatasetError(f"--seed {seed}: expected 0 or more")
     if not 0.0 <= difficulty <= 3.0:
         raise DatasetError(f"--difficulty {difficulty}: expected a value in 0..3")
     if not 0.0 <= label_noise <= 1.0:
@@ -317,19 +320,24 @@ def ensure_phantom(path: str | Path, preset: str = "demo", seed: int = 0) -> Dat
     if path.exists():
         try:
             dataset = Dataset.open(path)
-        except DatasetError:
-            dataset = None  # a broken or partial directory: regenerate it
-        if dataset is not None:
             made = dataset.meta.get("phantom")
-            if made is None:
-                raise DatasetError(
-                    f"{path}: holds a dataset that is not a phantom; not replacing it"
-                )
-            if made == wanted:
-                return dataset
-            log.info("%s: phantom made with %s; regenerating with %s", path, made, wanted)
+        except DatasetError:
+            dataset, made = None, _phantom_meta(path)  # damaged: replace it only if ours
+        if made is None and not (path.is_dir() and not any(path.iterdir())):
+            raise DatasetError(f"{path}: holds something that is not a phantom; not replacing it")
+        if dataset is not None and made == wanted:
+            return dataset
+        log.info("%s: phantom made with %s; regenerating with %s", path, made, wanted)
     generate_phantom(path, preset=preset, seed=seed, overwrite=True)
     return Dataset.open(path)
+
+
+def _phantom_meta(path: Path) -> dict | None:
+    """Return the phantom block of ``path``'s meta.json, or None if it has none."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("phantom")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def register(data_sub: argparse._SubParsersAction) -> None:
