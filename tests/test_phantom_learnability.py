@@ -73,5 +73,5 @@ def test_texture_features_beat_thumbnails_by_a_clear_margin(tmp_path):
     all_positive = weighted_f1(np.ones((len(val), 7)), np.ones((len(test), 7)), y[val], y[test])
     print(f"all-positive {all_positive:.3f} thumbnails {trivial:.3f} texture {learnable:.3f}")
     assert trivial < 0.68  # layout and brightness alone do not solve it
-    assert trivial > all_positive  # but they are not useless either
     assert learnable > trivial + 0.08, (trivial, learnable)
+    assert learnable > all_positive + 0.1
