@@ -114,6 +114,9 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
         assert "test/f1/liver" in child.data.metrics and "test/nmi" in child.data.metrics
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"metrics.json", "best.pt", "per_class.csv", "cluster_labels.csv"} <= artifacts
+    # Finished trials keep their small files; the weights live in MLflow only.
+    (outputs,) = (tmp_path / "studies" / "probe_grid").glob("*/outputs")
+    assert len(list(outputs.glob("*/metrics.json"))) == 4 and not list(outputs.rglob("*.pt"))
     table = results(tmp_path, "probe_grid")
     assert sorted(zip(table["cell"], table["seed"])) == [
         ("lsd lam=2", 0),

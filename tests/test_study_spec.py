@@ -30,7 +30,7 @@ from uslearn.study.spec import (
     make_plan,
     validate,
 )
-from uslearn.study.trial import for_tune, trial_name
+from uslearn.study.trial import follow_pointer, for_tune, pointer_checkpoint, trial_name
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.py"))
 
@@ -336,3 +336,14 @@ def test_resume_rebuilds_the_plan_from_the_saved_flags_and_refuses_other_ones(tm
     assert "10 trials = 10 cells x 1 seeds" in out and "epochs=2" in out
     assert main(lam, file, [*argv, "--seeds", "3"]) == 2
     assert "--seeds 3 differs from the interrupted run's 1" in capsys.readouterr().err
+
+
+def test_tune_persists_a_pointer_to_the_runs_checkpoint_not_the_weights(tmp_path):
+    checkpoint = tmp_path / "out" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "checkpoint.pt").write_bytes(b"x" * 1000)
+    holder = Path(pointer_checkpoint(str(checkpoint)))
+    assert [p.name for p in holder.iterdir()] == ["checkpoint_pointer.json"]
+    assert follow_pointer(str(holder)) == str(checkpoint.resolve())
+    assert follow_pointer(str(checkpoint)) == str(checkpoint)  # a plain checkpoint directory
+    assert follow_pointer(None) is None
