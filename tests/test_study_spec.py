@@ -89,7 +89,7 @@ def test_precedence_is_fixed_then_profile_then_study_override_then_cli_then_cell
 
 def test_device_and_workers_follow_the_trial_resources():
     gpu = make_plan(make_spec(), "gpu", resources=Resources(workers=2, gpus_per_worker=1))
-    assert gpu.base["device"] == "cuda" and gpu.base["workers"] == 2
+    assert gpu.base["device"] == "auto" and gpu.base["workers"] == 2  # cuda:$LOCAL_RANK
     cpu = make_plan(make_spec(), "gpu", resources=Resources(workers=1, gpus_per_worker=0))
     assert cpu.base["device"] == "cpu" and cpu.base["workers"] == 1
 

@@ -308,9 +308,11 @@ def _follow(base: Mapping[str, Any], res: Resources) -> dict[str, Any]:
     """Return ``base`` with ``workers`` and ``device`` set from the trial resources.
 
     Ray shows a trial only the GPUs it asked for, so the device is a consequence of the
-    resources, never an independent choice.
+    resources, never an independent choice. GPU trials get ``auto``, which the loop resolves
+    to ``cuda:$LOCAL_RANK``: a bare ``cuda`` would put every DDP rank of a node on GPU 0.
     """
-    return {**base, "workers": res.workers, "device": "cuda" if res.gpus_per_worker > 0 else "cpu"}
+    device = "auto" if res.gpus_per_worker > 0 else "cpu"
+    return {**base, "workers": res.workers, "device": device}
 
 
 def with_resources(plan: Plan, resources: Resources) -> Plan:
