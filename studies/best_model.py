@@ -12,26 +12,24 @@ weights and says so.
 import sys
 
 from uslearn.study import StudySpec, main
-from uslearn.study.inits import dc_init, imagenet_init
+from uslearn.study.inits import best_init
 
 
 def build(args) -> StudySpec:
     """Return the spec of the best configuration."""
-    dc, dc_note = dc_init(args.tracking_uri, args.dc_init)
-    has_imagenet, imagenet_note = imagenet_init()
-    init = dc or ("imagenet" if has_imagenet else "random")
+    init, notes = best_init(args.tracking_uri, args.dc_init)
     return StudySpec(
         name="best_model",
         title="Table 2: Two-Head, deep-clustering init, 100 % labels, per class",
         fixed={
             "strategy": "fixmatch_two",  # Two-Head beat One-Head at every fraction (Fig. 6)
-            "init": init,  # Strategy 4: the LSD backbone
+            **init,  # Strategy 4: the LSD backbone
             "label_fraction": 1.0,
             "tau": 0.95,  # FixMatch's default; override with --set tau=...
         },
         arms={"two-head": {}},
         seeds=(0, 1, 2, 3),
-        notes=(dc_note, imagenet_note, f"init used: {init}"),
+        notes=notes,
     )
 
 

@@ -19,16 +19,17 @@ from uslearn.study.inits import dc_init, imagenet_init
 def build(args) -> StudySpec:
     """Return the spec with the arms whose initialisation exists."""
     dc, dc_note = dc_init(args.tracking_uri, args.dc_init)
-    has_imagenet, imagenet_note = imagenet_init()
+    weights, imagenet_note = imagenet_init()
+    imagenet = {"init": "imagenet", "weights": weights}
     # Left panel: from ImageNet as in the paper; from random weights when they are missing.
-    left = "imagenet" if has_imagenet else "random"
+    left, init = ("imagenet", imagenet) if weights else ("random", {"init": "random"})
     tau = 0.95  # FixMatch's confidence threshold; tau_sensitivity.py sweeps it
     arms = {
-        f"one-head {left}": {"strategy": "fixmatch_one", "init": left, "tau": tau},
-        f"two-head {left}": {"strategy": "fixmatch_two", "init": left, "tau": tau},
+        f"one-head {left}": {"strategy": "fixmatch_one", **init, "tau": tau},
+        f"two-head {left}": {"strategy": "fixmatch_two", **init, "tau": tau},
     }
-    if has_imagenet:
-        arms["supervised imagenet"] = {"strategy": "supervised", "init": "imagenet"}
+    if weights:
+        arms["supervised imagenet"] = {"strategy": "supervised", **imagenet}
     if dc is not None:
         arms["supervised dc"] = {"strategy": "supervised", "init": dc}
         arms["two-head dc"] = {"strategy": "fixmatch_two", "init": dc, "tau": tau}

@@ -12,25 +12,23 @@ when one exists (Strategy 4, the paper's best), else ImageNet, else random weigh
 import sys
 
 from uslearn.study import StudySpec, main
-from uslearn.study.inits import dc_init, imagenet_init
+from uslearn.study.inits import best_init
 
 
 def build(args) -> StudySpec:
     """Return the spec, initialised from the best available backbone."""
-    dc, dc_note = dc_init(args.tracking_uri, args.dc_init)
-    has_imagenet, imagenet_note = imagenet_init()
-    init = dc or ("imagenet" if has_imagenet else "random")
+    init, notes = best_init(args.tracking_uri, args.dc_init)
     return StudySpec(
         name="tau_sensitivity",
         title="FixMatch Two-Head: weighted F1 over τ at 10 % labels",
         fixed={
             "strategy": "fixmatch_two",
-            "init": init,
+            **init,
             "label_fraction": 0.1,  # where pseudo-labels matter most (275 images in the paper)
         },
         grid={"tau": [0.7, 0.8, 0.9, 0.95, 0.99]},
         seeds=(0, 1, 2, 3),
-        notes=(dc_note, imagenet_note, f"init used: {init}"),
+        notes=notes,
     )
 
 

@@ -257,6 +257,24 @@ def test_label_fraction_skips_missing_inits_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "w.pth"))
     full = build(study_args(dc_init=str(tmp_path / "w.pth")))
     assert len(full.arms) == 5 and make_plan(full, "paper").num_trials() == 80
+    # The trials load exactly the weights file found here, not whatever the hub cache holds.
+    assert full.arms["supervised imagenet"]["weights"] == str((tmp_path / "w.pth").resolve())
+
+
+def test_the_best_init_is_deep_clustering_then_imagenet_then_random(tmp_path, monkeypatch):
+    from uslearn.study.inits import best_init
+
+    absent_store = f"sqlite:///{tmp_path / 'none.db'}"
+    monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "absent.pth"))
+    assert best_init(absent_store, None)[0] == {"init": "random"}
+    (tmp_path / "w.pth").write_bytes(b"")
+    monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "w.pth"))
+    init, notes = best_init(absent_store, None)
+    assert init == {"init": "imagenet", "weights": str((tmp_path / "w.pth").resolve())}
+    (tmp_path / "dc.pt").write_bytes(b"")
+    init, notes = best_init(absent_store, str(tmp_path / "dc.pt"))
+    assert init == {"init": str((tmp_path / "dc.pt").resolve())} and "--dc-init" in notes[0]
+    assert not (tmp_path / "none.db").exists()  # looking up nothing creates no MLflow store
 
 
 def test_the_summary_keeps_the_specs_cell_order_and_counts_finished_seeds():

@@ -111,12 +111,33 @@ def dc_init(tracking_uri: str, given: str | None) -> tuple[str | None, str]:
     return str(found[0]), f"deep-clustering init: {found[1]}"
 
 
-def imagenet_init() -> tuple[bool, str]:
-    """Return (whether ImageNet weights are present, a sentence for the study's notes)."""
+def imagenet_init() -> tuple[str | None, str]:
+    """Return (ImageNet weights file or None, a sentence for the study's notes).
+
+    Studies pass the file as the ``weights`` of their ImageNet arms, so the trials load
+    exactly the file that was found here (``$USLEARN_IMAGENET`` or the torch hub cache).
+    """
     file = imagenet_weights()
     if file is not None:
-        return True, f"ImageNet weights: {file}"
-    return False, (
+        return str(file.resolve()), f"ImageNet weights: {file}"
+    return None, (
         "ImageNet weights not found (torch hub cache or $USLEARN_IMAGENET); nothing is "
         "downloaded at run time, so the ImageNet arms are skipped"
     )
+
+
+def best_init(tracking_uri: str, given: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Return (config values of the best backbone available, notes saying which and why).
+
+    Deep-clustering checkpoint (``given`` or the best LSD run in MLflow), else ImageNet
+    weights, else random weights.
+    """
+    dc, dc_note = dc_init(tracking_uri, given)
+    weights, imagenet_note = imagenet_init()
+    if dc is not None:
+        init = {"init": dc}
+    elif weights is not None:
+        init = {"init": "imagenet", "weights": weights}
+    else:
+        init = {"init": "random"}
+    return init, (dc_note, imagenet_note, f"init used: {init['init']}")
