@@ -121,6 +121,8 @@ def test_paper_plan_has_the_papers_exam_image_patient_and_split_counts():
     assert counts.to_dict() == {"unlabelled": 6_549, "labelled": 224, "test": 101, "val": 77}
     patients = pd.DataFrame({"p": [e.patient.index for e in exams], "s": splits})
     assert (patients.groupby("p")["s"].nunique() == 1).all()
+    per_split = patients.groupby("s")["p"].nunique()
+    assert per_split["labelled"] >= 220 and per_split["test"] >= 99  # ~1 exam per patient
 
 
 def test_demo_preset_keeps_enough_val_and_test_exams():

@@ -45,7 +45,7 @@ from uslearn.log import get_logger, progress
 log = get_logger(__name__)
 
 # Bump whenever the generated pixels or labels change, so ensure_phantom regenerates caches.
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 CHUNK_EXAMS = 16  # exams per work unit: fixed, so results do not depend on the worker count
 TRUTH = "phantom_truth.parquet"
 

@@ -259,14 +259,17 @@ def assign_splits(exams: list[Exam], counts: dict[str, int], seed: int) -> list[
         counts: target exam counts for "test", "val" and "labelled"; the rest is unlabelled.
         seed: seed of the patient shuffle.
 
-    Patients are visited in random order and taken whole into the first split that still
-    needs at least as many exams as they have, so the small splits get their exact counts
-    (mostly from one-exam patients, as in the paper: 224 exams from 222 patients).
+    Patients are visited in random order, those with fewer exams first, and taken whole into
+    the first split that still needs at least as many exams as they have, so the small splits
+    get their exact counts from one-exam patients (the paper: 224 exams from 222 patients).
     """
     by_patient: dict[int, list[int]] = {}
     for exam in exams:
         by_patient.setdefault(exam.patient.index, []).append(exam.index)
-    order = np.random.default_rng([seed, 4]).permutation(sorted(by_patient))
+    shuffled = np.random.default_rng([seed, 4]).permutation(sorted(by_patient))
+    # Patients with fewer exams first (stable sort keeps the shuffle among equals): the small
+    # splits then hold about one exam per patient, like the paper's 224 exams / 222 patients.
+    order = sorted(shuffled, key=lambda patient: len(by_patient[int(patient)]))
     need = {name: counts.get(name, 0) for name in ("test", "val", "labelled")}
     split = ["unlabelled"] * len(exams)
     for patient in order:
