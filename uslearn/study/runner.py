@@ -129,6 +129,9 @@ def build_tuner(plan: Plan, ctx: TrialContext, inv: Invocation, parallel: int):
     """Return a new ``Tuner`` for ``plan``, or the restored one with ``inv.resume``."""
     from ray import tune
 
+    # With num_to_keep=1 Tune snapshots the experiment at every checkpoint (what --resume
+    # needs) and warns that it does so often; the snapshots are small here, so silence it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = _trainable(plan, ctx)
     if inv.resume:
         if not tune.Tuner.can_restore(str(inv.exp_dir)):
