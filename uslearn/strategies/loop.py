@@ -89,16 +89,20 @@ def make_context(cfg: TrainConfig) -> Context:
         if dist.is_available() and dist.is_initialized()
         else (0, 1)
     )
-    if cfg.device == "auto":
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.device in ("auto", "cuda"):
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda was asked for but CUDA is not available; use --device cpu")
+        # One GPU per DDP rank on a node: rank i of a node takes cuda:i.
         device = (
-            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            if torch.cuda.is_available()
-            else torch.device("cpu")
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         )
     else:
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda was asked for but CUDA is not available; use --device cpu")
+            raise UserError(
+                f"device={cfg.device} was asked for but CUDA is not available; use --device cpu"
+            )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     precision = (
