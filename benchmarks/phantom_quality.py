@@ -4,7 +4,7 @@ The paper's qualitative findings to look for: LSD >= PICA; deep-clustering init 
 at 10 % labels; Two-Head >= One-Head. Prints one line per run and a summary table; the numbers
 in docs/RESULTS.md come from this script.
 
-    python benchmarks/phantom_quality.py [--data data/demo] [--size 64] [--seeds 0]
+    python benchmarks/phantom_quality.py [--data data/demo] [--size 32] [--seeds 0]
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ COMMON = {"device": "cpu", "batch_exams": 8, "max_images_per_exam": 8}
 def arms(size: int, clustering_ckpt: Path) -> list[tuple[str, dict]]:
     """Return (name, config) of every run, in the order they must run (LSD first: DC init)."""
     base = {**COMMON, "image_size": size}
-    clustering = {**base, "epochs": 8, "lam": 2.0}
+    clustering = {**base, "epochs": 4, "lam": 2.0}
     fixmatch = {
         **base,
-        "steps": 240,
+        "steps": 150,
         "eval_every": 20,
         "unlabelled_exams": 4,
         "label_fraction": 0.1,
@@ -58,7 +58,7 @@ def arms(size: int, clustering_ckpt: Path) -> list[tuple[str, dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/demo"))
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/phantom_quality"))
     parser.add_argument(
@@ -66,6 +66,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     data = ensure_phantom(args.data, preset="demo")
+    print(json.dumps({"dataset": str(args.data), "fingerprint": data.fingerprint, "phantom": data.meta.get("phantom"), "size": args.size}), flush=True)
     results = []
     for seed in args.seeds:
         ckpt = args.out / f"seed{seed}" / "lsd" / "best.pt"

@@ -3,8 +3,9 @@
 Both deep-clustering losses are trained without labels on the unlabelled exams, with
 L = L_CE + λ·L_NE (PICA; L_NE is Eq. 4) or L = L_CE + λ·L_SD(α) (LSD, Eq. 7), for
 λ ∈ {0.5, 1, 2, 5, 10} and four seeds each: 2 × 5 × 4 = 40 trials. The clusters are mapped
-to multi-labels by Algorithm 1 on the validation set; we compare the weighted F1 on the test
-set. Every cell runs to the end (no pruner), so each box of the plot holds all of its seeds.
+to multi-labels by Algorithm 1 on the labelled exams, thresholds are fitted on validation,
+and we compare the weighted F1 on the test set. Every cell runs to the end (no pruner), so
+each box of the plot holds all of its seeds.
 
     python studies/lambda_sensitivity.py                   # cpu-demo profile without a GPU
     python studies/lambda_sensitivity.py --profile paper --data DIR

@@ -2,8 +2,8 @@
 
 Both losses train the same ResNet18 without labels (Sec. 2.2): PICA's partition-confusion
 cross-entropy plus λ·L_NE (L_NE: Eq. 4), and our variant with the symmetric Dirichlet prior
-λ·L_SD(α) (Eq. 7) instead. Clusters become multi-labels through Algorithm 1 on the validation
-set, and per-class thresholds are fitted on validation before the test set is scored
+λ·L_SD(α) (Eq. 7) instead. Clusters become multi-labels through Algorithm 1 on the labelled
+exams, and per-class thresholds are fitted on validation before the test set is scored
 (Sec. 3.2). The paper reports five trials per loss; the best LSD run initialises the
 fine-tuning studies.
 
