@@ -66,7 +66,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     data = ensure_phantom(args.data, preset="demo")
-    print(json.dumps({"dataset": str(args.data), "fingerprint": data.fingerprint, "phantom": data.meta.get("phantom"), "size": args.size}), flush=True)
+    print(
+        json.dumps(
+            {
+                "dataset": str(args.data),
+                "fingerprint": data.fingerprint,
+                "phantom": data.meta.get("phantom"),
+                "size": args.size,
+            }
+        ),
+        flush=True,
+    )
     results = []
     for seed in args.seeds:
         ckpt = args.out / f"seed{seed}" / "lsd" / "best.pt"
