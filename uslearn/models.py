@@ -223,6 +223,43 @@ def load_backbone(network: Network, path: str | Path) -> dict[str, list[str]]:
     return _load_into_backbone(network, backbone, str(file))
 
 
+def load_network(path: str | Path) -> tuple[Network, dict]:
+    """Rebuild the whole ``Network`` a checkpoint holds: its heads and stem read from the weights.
+
+    Args:
+        path: a ``.pt`` file or a directory holding ``best.pt``/``checkpoint.pt``; the file is a
+            dict whose ``"model"`` entry is a ``Network`` state dict (as the training loop saves).
+
+    Returns:
+        ``(network, payload)``: the network with every tensor loaded (strict), in eval mode on
+        the CPU, and the file's dict (``payload["config"]`` is the run's TrainConfig, if saved).
+
+    Raises:
+        UserError: unreadable file, no ``"model"`` state dict, no head, or tensors that do not fit.
+    """
+    file = checkpoint_file(path)
+    payload = _torch_load(file)
+    state = payload.get("model") if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise UserError(f"{file}: expected a dict with a 'model' state dict")
+    state = _strip_wrappers(state)
+    heads = {
+        key.split(".")[1]: int(value.shape[0])
+        for key, value in state.items()
+        if key.startswith("heads.") and key.endswith(".weight")
+    }
+    if not heads:
+        raise UserError(f"{file}: its model state dict has no 'heads.*' entries")
+    conv1 = state.get("backbone.conv1.weight")
+    network = Network(heads, stem="gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{file}: weights do not fit a ResNet18 Network ({first})") from None
+    return network.eval(), payload
+
+
 def imagenet_weights_file() -> Path:
     """Return where torch hub caches ResNet18's ImageNet weights: $TORCH_HOME/hub/checkpoints/."""
     name = os.path.basename(IMAGENET_WEIGHTS.url)
