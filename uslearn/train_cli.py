@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
             "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
-            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out."
+            "thresholds.json, per_class.csv, best.pt, package.json (the model package that "
+            "'uslearn predict --model' takes) and checkpoint/ into --out; with --mlflow the "
+            "run also logs the package as an MLflow model (runs:/RUN_ID/model)."
         ),
     )
     parser.add_argument(
@@ -131,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
         import mlflow
 
         from uslearn.data.dataset import Dataset
+        from uslearn.inference.tracking import log_run_model
 
         data = Dataset.open(args.data)
         mlflow.set_tracking_uri(args.mlflow)
@@ -154,8 +157,13 @@ def _train(args: argparse.Namespace) -> int:
             ):
                 if (args.out / name).is_file():
                     mlflow.log_artifact(str(args.out / name))
+            log_run_model(args.mlflow, mlflow.active_run().info.run_id, args.out, data)
     import pandas as pd
 
+    from uslearn.data.dataset import Dataset
+    from uslearn.inference.package import write_package
+
+    write_package(args.out, Dataset.open(args.data))  # --out is now a model package
     report = pd.read_csv(args.out / "per_class.csv", index_col="class")
     print(evaluation.format_report(report))
     print(
