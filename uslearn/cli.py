@@ -15,10 +15,11 @@ from uslearn.log import configure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with the data, train, study and report sub-commands."""
+    """Return the top-level parser with every sub-command (data, train, study, report, use)."""
     from analysis import cli as report_cli
     from uslearn import train_cli
     from uslearn.data import cli as data_cli
+    from uslearn.inference import cli as inference_cli
     from uslearn.study import cli as study_cli
 
     parser = argparse.ArgumentParser(
@@ -33,12 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-v: debug)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="{data,train,study,report}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{data,train,study,report,register,predict,curate}"
+    )
     sub.required = True
     data_cli.register(sub)
     train_cli.register(sub)
     study_cli.register(sub)
     report_cli.register(sub)
+    inference_cli.register(sub)
     return parser
 
 
