@@ -25,7 +25,7 @@ from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.pseudonym import pseudonym
 from uslearn.inference.curate import spread_ranking
 from uslearn.inference.package import ModelPackage, label_columns, score_columns
-from uslearn.inference.tracking import best_child_run
+from uslearn.inference.tracking import best_child_run, log_run_model, register_run
 
 TINY = ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "4", "--device", "cpu"]
 SALT = "predict-test-salt"
@@ -363,3 +363,17 @@ def test_best_child_run_is_chosen_by_validation_f1_among_finished_trials(trained
         client.set_terminated(run, status)
         ids[name] = run
     assert best_child_run(uri, parent) == (ids["b"], 0.7)
+
+
+def test_a_model_logged_for_a_trial_run_joins_that_runs_experiment(trained, tiny_phantom):
+    # A study trial's process has no fluent experiment set: the model once went to "Default".
+    uri, runs = trained
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("trial-like")
+    run_id = client.create_run(experiment).info.run_id
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("elsewhere")
+    log_run_model(uri, run_id, runs["supervised"][1], Dataset.open(tiny_phantom))
+    (model,) = client.search_logged_models([experiment], f"source_run_id = '{run_id}'")
+    assert model.name == "model"
+    assert int(register_run(uri, run_id, "trial-like").version) == 1

@@ -62,6 +62,9 @@ def log_run_model(tracking_uri: str, run_id: str, run_dir: str | Path, data: Dat
     write_package(run_dir, data)
     package = ModelPackage.load(run_dir)
     mlflow.set_tracking_uri(tracking_uri)
+    # The logged model joins the fluent API's experiment: make it the run's (a study trial's
+    # process has none set, which would file the model under "Default").
+    mlflow.set_experiment(experiment_id=_client(tracking_uri).get_run(run_id).info.experiment_id)
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         package_dir = package.save(Path(tmp) / "package")
         info = Model.log(
@@ -140,10 +143,9 @@ def register_run(tracking_uri: str, run_id: str, name: str):
         run = client.get_run(run_id)
     except MlflowException as err:
         raise UserError(f"run {run_id}: not found in {tracking_uri} ({_first_line(err)})") from None
-    models = mlflow.search_logged_models(
+    models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
-        output_format="list",
     )
     if not models:
         raise UserError(
