@@ -146,6 +146,7 @@ def run_logged(
         resume_dir: directory of the restored checkpoint, or None for a fresh start.
         rank: DDP rank of this process (0 for in-process trials).
     """
+    from uslearn.inference.tracking import log_trial_model
     from uslearn.strategies import run
     from uslearn.study.tracking import ChildRun, finished_metrics
 
@@ -200,6 +201,7 @@ def run_logged(
     if child is not None:
         child.log_metrics(final, final=True)
         child.log_artifacts(out_dir)
+        log_trial_model(ctx.tracking_uri, child.run_id, out_dir, ctx.data_path)
         child.finish("FINISHED")
         # A finished trial is never resumed, and its weights are now an MLflow artifact:
         # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
