@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-report", action="store_true", help="skip the analysis report at the end"
+    )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial by validation F1 as models:/NAME/<next version>",
     )
 
 
@@ -249,6 +255,12 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     )
     frame = execute(plan, inv, args.address)
     print(session.footer(plan, inv, frame, report=not args.no_report))
+    if args.register:
+        from uslearn.inference.tracking import register_best
+        from uslearn.study.runner import STATE_FILE
+
+        parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
+        print(register_best(inv.tracking_uri, parent, args.register))
     return 0 if (frame["status"] == "ok").all() else 1
 
 
