@@ -3,8 +3,8 @@
 What applies is read from the runs, not from the study's name: a parameter that takes several
 values within a strategy gets a sensitivity plot (λ is Fig. 5), PICA/LSD runs give Table 1,
 label fractions with two or more arms give Fig. 6, fine-tuned or semi-supervised runs give
-Table 2, arms sharing seeds give paired tests, and a clustering checkpoint plus a dataset give
-the t-SNE figure.
+Table 2, arms sharing seeds give paired tests, a clustering checkpoint plus a dataset give
+the t-SNE figure, and the best run's logged model plus the dataset give Fig. 7.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, stats, tables, tsne
+from analysis import figures, gallery, stats, tables, tsne
 from analysis.runs import load, parent_run
 from uslearn.errors import UserError
 from uslearn.log import get_logger
@@ -97,7 +97,8 @@ def build_report(
         method, level: confidence interval of Fig. 6 and the summary (``"t"``/``"bootstrap"``).
         invocation: which parent run (see ``analysis.runs.load``).
         checkpoint, dataset: inputs of the t-SNE figure; by default the best clustering run's
-            ``.pt`` artifact and the dataset path it logged, when both can be found.
+            ``.pt`` artifact and the dataset path it logged, when both can be found. The
+            dataset's test split also gives Fig. 7 (the best run's model on it).
         log_to_mlflow: log ``out_dir`` to the parent run as artifacts under ``report/``.
 
     Returns:
@@ -176,6 +177,7 @@ def build_report(
             )
         )
     _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
+    _fig7_section(frame, out, dataset, tracking_uri, parent, report)
     report.html.write_text(
         render_html(study, frame, parent, report, tracking_uri), encoding="utf-8"
     )
@@ -222,10 +224,7 @@ def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
     if checkpoint is None and dataset is None and clustering.empty:
         return
     run = select_best(clustering)[0] if not clustering.empty else None
-    if dataset is None:
-        logged = [parent["params"].get(p) for p in DATASET_PARAMS]
-        logged += [run.get(p) for p in DATASET_PARAMS] if run is not None else []
-        dataset = next((d for d in logged if isinstance(d, str) and Path(d).is_dir()), None)
+    dataset = dataset or _logged_dataset(parent, run)
     source = str(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None and run is not None:
@@ -242,6 +241,30 @@ def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
     caption = f"t-SNE of the backbone features of test images; checkpoint: {source}."
     title = "Fig. 2 (right): t-SNE of learned features"
     report.sections.append(Section(title, caption, figures.save(fig, out, "fig2_tsne")))
+
+
+def _logged_dataset(parent: dict, run: pd.Series | None) -> str | None:
+    """Return the dataset directory the study (or ``run``) logged, if it exists here."""
+    logged = [parent["params"].get(p) for p in DATASET_PARAMS]
+    logged += [run.get(p) for p in DATASET_PARAMS] if run is not None else []
+    return next((d for d in logged if isinstance(d, str) and Path(d).is_dir()), None)
+
+
+def _fig7_section(frame, out, dataset, tracking_uri, parent, report) -> None:
+    """Add Fig. 7 (correct and incorrect test predictions) of the best run's logged model."""
+    run, metric = select_best(frame)
+    dataset = dataset or _logged_dataset(parent, run)
+    if dataset is None:
+        report.notes.append("Fig. 7 left out: no dataset directory found; pass --dataset")
+        return
+    try:
+        files, caption = gallery.fig7_of_run(run["run_id"], tracking_uri, dataset, out)
+    except UserError as err:
+        report.notes.append(f"Fig. 7 left out: {err}")
+        return
+    caption += f" Run chosen by {metric}: {tables.describe_run(run)}."
+    title = "Fig. 7: correct and incorrect test predictions of the best model"
+    report.sections.append(Section(title, caption, files))
 
 
 def _find_checkpoint(run: pd.Series, tracking_uri: str | None, tmp: Path) -> Path | None:
