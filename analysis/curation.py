@@ -161,7 +161,7 @@ def write_page(curation, sheets: dict[int, Path], images, facts: dict, out: Path
         "text-align:right}td.l{text-align:left}td div.bar{background:#8fb8de;height:6px}"
         "td span{font-size:10px;color:#555}dl{display:grid;grid-template-columns:max-content auto;"
         "gap:2px 12px}dt{font-weight:bold}.grid{display:flex;flex-wrap:wrap;gap:6px}"
-        "figure.t{margin:0;width:132px;font-size:10px}figure.t img{width:128px;height:128px;"
+        "figure.t{margin:0;width:132px;font-size:10px;overflow-wrap:anywhere}figure.t img{width:128px;height:128px;"
         "image-rendering:pixelated;border:1px solid #999}img.sheet{max-width:100%}"
     )
     page = (

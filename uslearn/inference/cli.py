@@ -54,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_model(predict)
     source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="a dataset directory")
-    source.add_argument("--images", type=Path, help="a folder of PNG/JPEG/BMP/TIFF frames")
-    source.add_argument("--dicom", type=Path, help="a DICOM export folder")
+    source.add_argument("--data", type=Path, metavar="DIR", help="a dataset directory")
+    source.add_argument(
+        "--images", type=Path, metavar="DIR", help="a folder of PNG/JPEG/BMP/TIFF frames"
+    )
+    source.add_argument("--dicom", type=Path, metavar="DIR", help="a DICOM export folder")
     predict.add_argument("--split", help="with --data: only this split (default: every row)")
     predict.add_argument(
         "--out", required=True, type=Path, help="predictions file (.csv, or .parquet)"

@@ -161,12 +161,12 @@ def score_source_ray(
 
 def _assemble(parts: list[dict[str, np.ndarray]], source: Source, seconds: float) -> Scored:
     """Return the scored rows in source order (item, then frame position) and the rejections."""
-    c = None
-    columns = {}
-    for key in ("item", "sub", "image", "frame", "reason", "detail", "scores", "cluster"):
-        values = [p[key] for p in parts if len(p["item"])]
-        columns[key] = np.concatenate(values) if values else np.zeros(0)
-    order = np.lexsort((columns["sub"], columns["item"])) if len(columns["item"]) else []
+    parts = [p for p in parts if len(p["item"])]
+    if not parts:
+        return Scored(image=[], scores=np.zeros((0, 0)), rejections=list(source.rejections))
+    names = ("item", "sub", "image", "frame", "reason", "detail", "scores", "cluster")
+    columns = {k: np.concatenate([p[k] for p in parts]) for k in names}
+    order = np.lexsort((columns["sub"], columns["item"]))
     columns = {k: v[order] for k, v in columns.items()}
     ok = columns["reason"] == ""
     rejections = list(source.rejections)
@@ -177,17 +177,13 @@ def _assemble(parts: list[dict[str, np.ndarray]], source: Source, seconds: float
         rejections.append(
             Rejection(source.items[int(item)].source, frame, str(reason), str(detail))
         )
-    scores = columns["scores"][ok]
-    c = scores.shape[1] if scores.ndim == 2 else 0
-    cluster = columns["cluster"][ok].astype(np.int64)
-    rows = (
-        np.array([source.items[int(i)].task for i in columns["item"][ok]], dtype=np.int64)
-        if source.kind == "data"
-        else None
-    )
+    cluster = columns["cluster"][ok]
+    rows = None
+    if source.kind == "data":
+        rows = np.array([source.items[int(i)].task for i in columns["item"][ok]], dtype=np.int64)
     return Scored(
         image=[str(x) for x in columns["image"][ok]],
-        scores=scores.reshape(-1, c) if c else scores,
+        scores=columns["scores"][ok],
         cluster=cluster if (cluster >= 0).any() else None,
         rows=rows,
         rejections=rejections,
