@@ -377,3 +377,19 @@ def test_a_model_logged_for_a_trial_run_joins_that_runs_experiment(trained, tiny
     (model,) = client.search_logged_models([experiment], f"source_run_id = '{run_id}'")
     assert model.name == "model"
     assert int(register_run(uri, run_id, "trial-like").version) == 1
+
+
+def test_registry_references_resolve_in_the_given_store_not_the_process_default(
+    trained, tiny_phantom, tmp_path, capsys
+):
+    # models:/ once went through the fluent registry, i.e. the process default ./mlflow.db.
+    uri, runs = trained
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    register = ["register", "--run", runs["lsd"][0], "--name", "given-store", "--mlflow", uri]
+    assert run_cli(register, capsys)[0] == 0
+    args = ["predict", "--model", "models:/given-store/1", "--mlflow", uri, "--split", "val"]
+    code, _, err = run_cli(
+        [*args, "--data", str(tiny_phantom), "--out", str(tmp_path / "p.csv")], capsys
+    )
+    assert code == 0, err
+    assert mlflow.MlflowClient(uri, registry_uri=uri).get_registered_model("given-store")

@@ -116,9 +116,14 @@ def _quiet_mlflow():
 
 
 def _client(tracking_uri: str):
+    """Return a client whose tracking store *and* model registry are ``tracking_uri``.
+
+    Never the fluent API's registry: it follows the process-wide URI, which may name another
+    store (the default ./mlflow.db) than the one the command was given.
+    """
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri)
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
 def _first_line(err: Exception) -> str:
@@ -135,7 +140,6 @@ def register_run(tracking_uri: str, run_id: str, name: str):
     Raises:
         UserError: no such run, or the run has no logged uslearn model.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -152,10 +156,19 @@ def register_run(tracking_uri: str, run_id: str, name: str):
             f"run {run_id} has no logged model '{MODEL_NAME}' (runs of 'uslearn train --mlflow' "
             "and study trials log one when they finish)"
         )
-    mlflow.set_tracking_uri(tracking_uri)
-    version = mlflow.register_model(models[0].model_uri, name)
-    for key, value in {**models[0].tags, "source_run": run_id}.items():
-        client.set_model_version_tag(name, version.version, key, str(value))
+    model = models[0]
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if "already exists" not in str(err).lower():
+            raise
+    version = client.create_model_version(
+        name,
+        source=model.artifact_location,
+        run_id=run_id,
+        tags={**model.tags, "source_run": run_id},
+        model_id=model.model_id,
+    )
     log.info("registered run %s as models:/%s/%s", run_id, name, version.version)
     return version
 
@@ -220,14 +233,28 @@ def open_model(spec: str, tracking_uri: str | None = None) -> ModelPackage:
     uri = spec
     if spec.startswith("runs:/") and len(spec.removeprefix("runs:/").strip("/").split("/")) == 1:
         uri = f"runs:/{spec.removeprefix('runs:/').strip('/')}/{MODEL_NAME}"
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     try:
+        uri = _registered_source(spec, tracking_uri) or uri
         with _quiet_mlflow():
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=str(_download_dir()), tracking_uri=tracking_uri
             )
     except (MlflowException, OSError) as err:
-        raise UserError(
-            f"model {spec}: not found in {tracking_uri or mlflow.get_tracking_uri()} "
-            f"({_first_line(err)})"
-        ) from None
+        raise UserError(f"model {spec}: not found in {tracking_uri} ({_first_line(err)})") from None
     return ModelPackage.load(local)
+
+
+def _registered_source(spec: str, tracking_uri: str) -> str | None:
+    """Return the model URI a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` stands for."""
+    name = spec.removeprefix("models:/").strip("/")
+    if not spec.startswith("models:/") or name.startswith("m-"):
+        return None  # runs:/... or a logged model's own id (models:/m-...)
+    client = _client(tracking_uri)
+    if "@" in name:
+        version = client.get_model_version_by_alias(*name.split("@", 1))
+    elif "/" in name:
+        version = client.get_model_version(*name.rsplit("/", 1))
+    else:
+        raise UserError(f"model {spec}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return version.source
