@@ -387,9 +387,9 @@ def test_registry_references_resolve_in_the_given_store_not_the_process_default(
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     register = ["register", "--run", runs["lsd"][0], "--name", "given-store", "--mlflow", uri]
     assert run_cli(register, capsys)[0] == 0
-    args = ["predict", "--model", "models:/given-store/1", "--mlflow", uri, "--split", "val"]
-    code, _, err = run_cli(
-        [*args, "--data", str(tiny_phantom), "--out", str(tmp_path / "p.csv")], capsys
-    )
-    assert code == 0, err
+    for i, model in enumerate(("models:/given-store/1", f"runs:/{runs['lsd'][0]}")):
+        args = ["predict", "--model", model, "--mlflow", uri, "--split", "val"]
+        out = tmp_path / f"p{i}.csv"
+        code, _, err = run_cli([*args, "--data", str(tiny_phantom), "--out", str(out)], capsys)
+        assert code == 0, err
     assert mlflow.MlflowClient(uri, registry_uri=uri).get_registered_model("given-store")

@@ -130,6 +130,21 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _logged_model(client, run, name: str):
+    """Return the logged model ``name`` of ``run``; UserError when it has none."""
+    run_id = run.info.run_id
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+    )
+    if not models:
+        raise UserError(
+            f"run {run_id} has no logged model '{name}' (runs of 'uslearn train --mlflow' and "
+            "study trials log one when they finish)"
+        )
+    return models[0]
+
+
 def register_run(tracking_uri: str, run_id: str, name: str):
     """Register run ``run_id``'s model as a new version of registered model ``name``.
 
@@ -147,16 +162,7 @@ def register_run(tracking_uri: str, run_id: str, name: str):
         run = client.get_run(run_id)
     except MlflowException as err:
         raise UserError(f"run {run_id}: not found in {tracking_uri} ({_first_line(err)})") from None
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
-    )
-    if not models:
-        raise UserError(
-            f"run {run_id} has no logged model '{MODEL_NAME}' (runs of 'uslearn train --mlflow' "
-            "and study trials log one when they finish)"
-        )
-    model = models[0]
+    model = _logged_model(client, run, MODEL_NAME)
     try:
         client.create_registered_model(name)
     except MlflowException as err:
@@ -230,31 +236,37 @@ def open_model(spec: str, tracking_uri: str | None = None) -> ModelPackage:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = spec
-    if spec.startswith("runs:/") and len(spec.removeprefix("runs:/").strip("/").split("/")) == 1:
-        uri = f"runs:/{spec.removeprefix('runs:/').strip('/')}/{MODEL_NAME}"
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     try:
-        uri = _registered_source(spec, tracking_uri) or uri
+        location = _model_location(spec, tracking_uri)
         with _quiet_mlflow():
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=str(_download_dir()), tracking_uri=tracking_uri
+                artifact_uri=location, dst_path=str(_download_dir()), tracking_uri=tracking_uri
             )
     except (MlflowException, OSError) as err:
         raise UserError(f"model {spec}: not found in {tracking_uri} ({_first_line(err)})") from None
     return ModelPackage.load(local)
 
 
-def _registered_source(spec: str, tracking_uri: str) -> str | None:
-    """Return the model URI a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` stands for."""
-    name = spec.removeprefix("models:/").strip("/")
-    if not spec.startswith("models:/") or name.startswith("m-"):
-        return None  # runs:/... or a logged model's own id (models:/m-...)
+def _model_location(spec: str, tracking_uri: str) -> str:
+    """Return the artifact location of the model a ``runs:/`` or ``models:/`` reference names.
+
+    Resolved through a client bound to ``tracking_uri``: MLflow's own resolution of these URIs
+    goes through the process-wide default store whatever ``download_artifacts`` is told.
+    """
     client = _client(tracking_uri)
-    if "@" in name:
-        version = client.get_model_version_by_alias(*name.split("@", 1))
-    elif "/" in name:
-        version = client.get_model_version(*name.rsplit("/", 1))
+    if spec.startswith("runs:/"):
+        run_id, _, name = spec.removeprefix("runs:/").strip("/").partition("/")
+        return _logged_model(client, client.get_run(run_id), name or MODEL_NAME).artifact_location
+    ref = spec.removeprefix("models:/").strip("/")
+    if ref.startswith("m-"):  # a logged model's own id
+        return client.get_logged_model(ref).artifact_location
+    if "@" in ref:
+        version = client.get_model_version_by_alias(*ref.split("@", 1))
+    elif "/" in ref:
+        version = client.get_model_version(*ref.rsplit("/", 1))
     else:
         raise UserError(f"model {spec}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    if version.source.startswith("models:/m-"):
+        return client.get_logged_model(version.source.removeprefix("models:/")).artifact_location
     return version.source
