@@ -14,6 +14,7 @@ Drawn on a bare ``Figure`` with the Agg canvas: no pyplot state, safe in threads
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -159,16 +160,16 @@ def fig7(
             fontsize=10,
             color="white",
         )
-    fig.suptitle(
-        title
-        or "Fig. 7: per class, images where it was found (green: every label right; amber: "
-        "another label wrong) and where it was missed or wrongly predicted (red).\n"
-        "True labels in white, predicted labels in yellow when they differ; the class's score "
-        "above each image.",
-        color="white",
-        fontsize=8.5,
+    title = title or (
+        "Fig. 7: per class, images where it was found (green: every label right; amber: another "
+        "label wrong) and where it was missed or wrongly predicted (red). True labels in white, "
+        "predicted labels in yellow when they differ; the class's score above each image."
     )
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.955, bottom=0.03, hspace=0.7, wspace=0.08)
+    width = int(fig.get_figwidth() * 11)  # characters of 8.5 pt text across the figure
+    title = textwrap.fill(title, width)
+    fig.suptitle(title, color="white", fontsize=8.5)
+    top = 0.98 - (0.35 + 0.16 * (title.count("\n") + 1)) / fig.get_figheight()
+    fig.subplots_adjust(left=0.06, right=0.99, top=top, bottom=0.03, hspace=0.7, wspace=0.08)
     return fig
 
 
