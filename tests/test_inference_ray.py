@@ -26,8 +26,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def local_ray():
     import ray
 
+    # address="local": a Ray of this test's own, even when another one runs on the machine.
     ray.init(
-        num_cpus=2, include_dashboard=False, resources={"TRAIN_DRIVER": 1}, log_to_driver=False
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        resources={"TRAIN_DRIVER": 1},
+        log_to_driver=False,
     )
     yield
     ray.shutdown()
