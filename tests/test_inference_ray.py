@@ -7,6 +7,10 @@ pipeline writes the same predictions as the single process, for dataset rows and
 
 from __future__ import annotations
 
+import contextlib
+import io
+
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,20 +54,29 @@ def assert_same_predictions(a: pd.DataFrame, b: pd.DataFrame) -> None:
     np.testing.assert_allclose(a[score_columns()], b[score_columns()], atol=1e-6)
 
 
-def test_a_study_registers_its_best_trial_and_predict_reproduces_its_test_f1(
-    local_ray, tiny_phantom, tmp_path, capsys
-):
+@pytest.fixture(scope="module")
+def study_store(local_ray, tiny_phantom, tmp_path_factory):
+    """Run a two-trial LSD study with --register; return (its folder, printed output)."""
+    root = tmp_path_factory.mktemp("study")
     spec = probe_spec("probe_register", {"lsd": {"strategy": "lsd"}}, {"lam": [1.0, 2.0]}, (0,))
-    argv = study_argv(tmp_path, tiny_phantom, "--register", "probe-best")
-    assert study(spec, str(tmp_path / "probe_register.py"), argv) == 0
-    printed = capsys.readouterr().out
+    argv = study_argv(root, tiny_phantom, "--register", "probe-best")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert study(spec, str(root / "probe_register.py"), argv) == 0
+    return root, printed.getvalue()
+
+
+def test_a_study_registers_its_best_trial_and_predict_reproduces_its_test_f1(
+    study_store, tiny_phantom, tmp_path, capsys
+):
+    root, printed = study_store
     assert "as models:/probe-best/1" in printed
-    client, _, children = runs_of(tmp_path, "probe_register")
+    client, _, children = runs_of(root, "probe_register")
     best = max(children, key=lambda r: r.data.metrics["val/f1_weighted"])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    version = client.get_model_version("probe-best", "1")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    version = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version("probe-best", "1")
     assert version.tags["source_run"] == best.info.run_id
-    (report,) = (tmp_path / "studies" / "probe_register").glob("*/report")
+    (report,) = (root / "studies" / "probe_register").glob("*/report")
     assert (report / "fig7_predictions.png").is_file()
     assert "Fig. 7" in (report / "report.html").read_text()
 
@@ -81,12 +94,10 @@ def test_a_study_registers_its_best_trial_and_predict_reproduces_its_test_f1(
 
 
 def test_ray_data_scores_an_image_folder_like_the_single_process(
-    local_ray, tiny_phantom, tmp_path, capsys
+    study_store, tiny_phantom, tmp_path, capsys
 ):
-    run = tmp_path / "run"
-    args = ["train", "--data", str(tiny_phantom), "--strategy", "supervised", "--epochs", "1"]
-    args += ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "4", "--device", "cpu"]
-    assert uslearn([*args, "--out", str(run)]) == 0
+    root, _ = study_store
+    model = ["--model", "models:/probe-best/1", "--mlflow", f"sqlite:///{root / 'mlflow.db'}"]
     images = Dataset.open(tiny_phantom).images
     folder = tmp_path / "frames"
     (folder / "sub").mkdir(parents=True)
@@ -96,10 +107,11 @@ def test_ray_data_scores_an_image_folder_like_the_single_process(
     outputs = {}
     for name, extra in (("single", []), ("ray", ["--ray", "--batch-size", "3"])):
         out = tmp_path / f"{name}.csv"
-        flags = ["--model", str(run), "--images", str(folder), "--workers", "1", *extra]
+        flags = [*model, "--images", str(folder), "--workers", "1", *extra]
         assert "1 skipped (unreadable 1)" in predict([*flags, "--out", str(out)], capsys)
         outputs[name] = pd.read_csv(out)
         rejected = pd.read_csv(tmp_path / f"{name}.csv.rejected.csv")
         assert rejected[["source", "reason"]].values.tolist() == [["broken.png", "unreadable"]]
-    assert len(outputs["single"]) == 7
+    assert len(outputs["single"]) == 7 and "cluster" in outputs["single"]
     assert_same_predictions(outputs["ray"], outputs["single"])
+    assert (outputs["ray"]["cluster"] == outputs["single"]["cluster"]).all()
