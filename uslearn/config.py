@@ -1,9 +1,10 @@
-"""Typed configuration: frozen dataclasses that flatten to ``key=value`` dicts and back.
+"""Typed configuration: frozen dataclasses built from flat ``key=value`` dicts.
 
 Flat dicts are what MLflow params and Ray Tune search spaces are, so a config crosses those
-boundaries without a translation layer: ``flatten(cfg)`` → MLflow params / Tune ``param_space``
-keys; ``from_flat(Cls, d)`` ← the dict a Tune trial receives. Unknown keys and wrongly typed
-values raise at construction (STYLE §1.4: fail loudly), naming the key and what was expected.
+boundaries without a translation layer: ``dataclasses.asdict`` of a run's configs gives its
+MLflow params; ``from_flat(Cls, d)`` / ``split_flat(d, *classes)`` rebuild the configs from the
+dict a Tune trial receives. Unknown keys and wrongly typed values raise at construction (fail
+loudly), naming the key and what was expected.
 """
 
 from __future__ import annotations
@@ -29,23 +30,6 @@ class ConfigError(UserError, ValueError):
 def field_names(cls: type) -> tuple[str, ...]:
     """Return the field names of dataclass ``cls`` in declaration order."""
     return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def flatten(*configs: Any) -> dict[str, Scalar]:
-    """Return one flat dict of every field of the given dataclass instances.
-
-    Raises:
-        ConfigError: if two configs share a field name (a flat namespace must be unambiguous).
-    """
-    flat: dict[str, Scalar] = {}
-    for cfg in configs:
-        for key, value in dataclasses.asdict(cfg).items():
-            if key in flat:
-                raise ConfigError(
-                    f"field '{key}' appears in more than one config: flat names must be unique"
-                )
-            flat[key] = value
-    return flat
 
 
 def _coerce(cls_name: str, key: str, value: Any, annotation: Any) -> Any:
