@@ -41,7 +41,8 @@ def bare(data: Path, lams: list[float], out: Path) -> float:
 
 def study(data: Path, lams: list[float], out: Path, name: str, *extra: str) -> float:
     """Return the wall time of the same trials as a study (Tune, MLflow, one at a time)."""
-    from uslearn.study import StudySpec, main
+    from uslearn.study import StudySpec
+    from uslearn.study_cli import main
 
     spec = StudySpec(
         name=name, title=name, fixed={"strategy": "lsd", "k": 0}, grid={"lam": lams}, seeds=(0,)

@@ -17,9 +17,8 @@ from uslearn.log import configure
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with the data, train, study and report sub-commands."""
     from analysis import cli as report_cli
-    from uslearn import train_cli
+    from uslearn import study_cli, train_cli
     from uslearn.data import cli as data_cli
-    from uslearn.study import cli as study_cli
 
     parser = argparse.ArgumentParser(
         prog="uslearn",

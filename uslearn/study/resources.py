@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from uslearn.config import ConfigError
+from uslearn.strategies.registry import Draw, entry, param_default
 
 # Seconds a trial spends before its first step: a Ray Train worker group takes 20-25 s to start
 # on a 2-core machine (RAY_NOTES.md); an in-process trial only builds the model and the data.
@@ -127,29 +128,39 @@ def images_per_trial(config: Mapping[str, Any], counts: Mapping[str, int], per_e
         counts: images per split (``labelled``, ``unlabelled``, ``val``, ``test``).
         per_exam: mean images per exam in the dataset (before ``max_images_per_exam``).
 
-    Counted as the strategies count ``train/img_per_s``: clustering trains two views of the
-    unlabelled images (the labelled ones if there are none) for ``epochs``; supervised one
-    view of the label fraction for at most ``epochs`` (early stopping may end sooner);
-    FixMatch ``steps`` of a labelled batch plus weak and strong views of an unlabelled batch.
-    Each evaluation forwards the validation set, counted at a third of a training image.
+    Counted from the strategy's registry entry, as the loop counts ``train/img_per_s``: a step
+    takes, from each of the strategy's draws, ``views`` x its exams per batch x the images per
+    exam (capped by ``max_images_per_exam``). An ``epochs`` run passes ``epochs`` times over
+    the first draw's pool (the label fraction of the labelled images, or the unlabelled ones:
+    the labelled images when there are none); a ``steps`` run takes ``steps`` steps. Early
+    stopping may end a run sooner. Each evaluation forwards the validation set, counted at a
+    third of a training image, and the test set is forwarded once.
+
+    Raises:
+        ConfigError: the config names no registered strategy.
     """
-    cap = config.get("max_images_per_exam", 16) or per_exam
-    per_batch_exam = min(per_exam, cap)
-    strategy = config["strategy"]
-    labelled = counts.get("labelled", 0) * config.get("label_fraction", 1.0)
-    epochs = config.get("epochs", 100)
-    if strategy in ("pica", "lsd"):
-        pool = counts.get("unlabelled", 0) or counts.get("labelled", 0)
-        train, evals = 2 * pool * epochs, epochs
-    elif strategy == "supervised":
-        train, evals = labelled * epochs, epochs
+    strategy = entry(config.get("strategy"))
+    per_batch_exam = min(per_exam, config.get("max_images_per_exam", 16) or per_exam)
+    pools = {
+        "labelled": counts.get("labelled", 0) * config.get("label_fraction", 1.0),
+        "unlabelled": counts.get("unlabelled", 0) or counts.get("labelled", 0),
+    }
+
+    def exams(draw: Draw) -> int:
+        return int(config.get(draw.exams_key, param_default(draw.exams_key)))
+
+    first, *others = strategy.draws
+    steps_per_epoch = max(1, math.ceil(pools[first.pool] / max(per_exam, 1e-9) / exams(first)))
+    other_images = sum(d.views * exams(d) * per_batch_exam for d in others)
+    length = strategy.length(config)
+    if strategy.unit == "epochs":
+        # One pass draws every exam of the first pool once (the last batch may be short).
+        epoch = first.views * pools[first.pool] * per_batch_exam / per_exam
+        train, steps = length * (epoch + steps_per_epoch * other_images), length * steps_per_epoch
     else:
-        steps = config.get("steps", 5000)
-        labelled_batch = config.get("batch_exams", 16) * per_batch_exam
-        unlabelled_batch = config.get("unlabelled_exams", 16) * per_batch_exam
-        train = steps * (labelled_batch + 2 * unlabelled_batch)
-        every = config.get("eval_every") or max(1, round(labelled / max(labelled_batch, 1)))
-        evals = max(1, steps // every)
+        steps = length
+        train = steps * (first.views * exams(first) * per_batch_exam + other_images)
+    evals = max(1, steps // (config.get("eval_every") or steps_per_epoch))
     return int(train + evals * counts.get("val", 0) / 3 + counts.get("test", 0) / 3)
 
 

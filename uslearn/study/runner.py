@@ -29,7 +29,6 @@ from uslearn.study.trial import TrialContext, trial_name, tune_trial
 log = get_logger(__name__)
 STATE_FILE = "study.json"  # in the Tune experiment folder: what --resume needs to continue
 DRIVER_RESOURCE = "TRAIN_DRIVER"  # custom resource the per-trial Train driver asks for
-CRASH_ENV = "USLEARN_STUDY_CRASH_ONCE"  # test hook: see TrialContext.crash_once
 
 
 @dataclass(frozen=True)
@@ -198,16 +197,22 @@ def _search_config(plan: Plan, parallel: int, name_fn):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from uslearn.strategies.registry import UNITS, entry
+
     spec, search = plan.spec, plan.spec.search
     # TPE learns from finished trials: too many at once and it degenerates to random search.
     searcher = ConcurrencyLimiter(OptunaSearch(seed=plan.seeds[0]), max_concurrent=parallel)
     scheduler = None
     if search.asha:
-        evaluations = int(plan.base.get("epochs", 100)) + 1  # one report per epoch + final
+        # Time runs in the strategy's own unit (epochs or steps), read from the metric the loop
+        # reports at every evaluation. max_t lies past the run's length so that ASHA never stops
+        # a trial at its last evaluation, before its test metrics.
+        strategy = entry(plan.trial_config({})["strategy"])
+        length = strategy.length(plan.trial_config({}))
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=evaluations,
-            grace_period=min(search.grace_period, evaluations),
+            time_attr=UNITS[strategy.unit],
+            max_t=length + 1,
+            grace_period=min(search.grace_period, length),
         )
     return tune.TuneConfig(
         metric=spec.metric,
@@ -280,7 +285,6 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         out_root=str(inv.exp_dir / "outputs"),
         train_storage=str(inv.exp_dir / "train"),
         tags=tags,
-        crash_once=os.environ.get(CRASH_ENV) or None,
     )
     log.info(
         "study %s: %d trials, %d at a time, parent MLflow run %s",
