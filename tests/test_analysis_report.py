@@ -122,7 +122,7 @@ def test_table2_is_the_run_with_the_best_validation_f1(store):
 
 def test_table1_without_clustering_runs_is_a_clear_error(store):
     uri, _ = store
-    with pytest.raises(UserError, match="Table 1 needs PICA or LSD runs"):
+    with pytest.raises(UserError, match="Table 1 needs runs of a clustering method"):
         table1(load("fraction_study", tracking_uri=uri))
 
 
