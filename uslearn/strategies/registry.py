@@ -97,6 +97,7 @@ ENTRIES: dict[str, Entry] = {
     for e in (
         Entry("pica", "PICA", "clustering", "uslearn.strategies.clustering", configs.PicaConfig, "epochs", _TWO_VIEWS, 0),
         Entry("lsd", "LSD", "clustering", "uslearn.strategies.clustering", configs.LsdConfig, "epochs", _TWO_VIEWS, 1),
+        Entry("iic", "IIC", "clustering", "uslearn.strategies.iic", configs.ClusteringConfig, "epochs", _TWO_VIEWS, 3),
         Entry("supervised", "Supervised", "supervised", "uslearn.strategies.supervised", configs.SupervisedConfig, "epochs", _LABELLED, 7),
         Entry("fixmatch_one", "One-Head", "semi-supervised", "uslearn.strategies.fixmatch", configs.FixMatchConfig, "steps", _FIXMATCH, 2),
         Entry("fixmatch_two", "Two-Head", "semi-supervised", "uslearn.strategies.fixmatch", configs.FixMatchConfig, "steps", _FIXMATCH, 4),
