@@ -382,3 +382,20 @@ def test_tune_persists_a_pointer_to_the_runs_checkpoint_not_the_weights(tmp_path
     assert follow_pointer(str(holder)) == str(checkpoint.resolve())
     assert follow_pointer(str(checkpoint)) == str(checkpoint)  # a plain checkpoint directory
     assert follow_pointer(None) is None
+
+
+def test_without_an_address_a_study_starts_its_own_local_ray(monkeypatch):
+    import ray
+
+    from uslearn.study import runner
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    runner.connect(None, "in-process")
+    # Without address="local", ray.init joins whatever Ray already runs on the machine.
+    assert calls == [
+        {"address": "local", "resources": {"TRAIN_DRIVER": 1}, "include_dashboard": False}
+    ]

@@ -96,7 +96,13 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
         else:
             # The dashboard (ray[default]) is what frees the Train workers of a trial stopped
             # early; in-process trials have none, so skip its start-up time and memory.
-            ray.init(resources={DRIVER_RESOURCE: 1}, include_dashboard=mode == "train")
+            # address="local": a new Ray, as documented; without it ray.init joins any Ray
+            # already running on this machine (someone else's, without TRAIN_DRIVER).
+            ray.init(
+                address="local",
+                resources={DRIVER_RESOURCE: 1},
+                include_dashboard=mode == "train",
+            )
     resources = dict(ray.cluster_resources())
     if mode == "train" and resources.get(DRIVER_RESOURCE, 0) <= 0:
         raise UserError(
