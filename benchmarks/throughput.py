@@ -59,7 +59,7 @@ class _Enough(Exception):
 def batch_shape(name: str, cfg: dict, data) -> tuple[dict[str, int], int]:
     """Return (heads, images in one training forward pass) of a strategy's first batch."""
     from uslearn.strategies import entry, parse_config
-    from uslearn.strategies.loop import make_context
+    from uslearn.strategies.context import make_context
 
     train_cfg, own = parse_config(cfg)
     strategy = entry(name).load().build(train_cfg, own, data=data, ctx=make_context(train_cfg))

@@ -17,7 +17,7 @@ from uslearn import losses
 from uslearn.data.dataset import Dataset
 from uslearn.strategies.common import TwoViewClustering
 from uslearn.strategies.config import LsdConfig, PicaConfig, TrainConfig
-from uslearn.strategies.loop import RunContext
+from uslearn.strategies.context import RunContext
 
 
 class ClusteringStrategy(TwoViewClustering):

@@ -24,7 +24,7 @@ from uslearn.data.splits import labelled_rows, labelled_subset
 from uslearn.errors import UserError
 from uslearn.strategies import evaluation
 from uslearn.strategies.config import ClusteringConfig, TrainConfig
-from uslearn.strategies.loop import RunContext
+from uslearn.strategies.context import RunContext
 
 
 @dataclass(frozen=True)

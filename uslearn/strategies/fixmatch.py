@@ -30,7 +30,7 @@ from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 from uslearn.strategies.common import MultilabelScoring, Rows, exam_sampler, sampled_rows, targets
 from uslearn.strategies.config import FixMatchConfig, TrainConfig
-from uslearn.strategies.loop import RunContext
+from uslearn.strategies.context import RunContext
 
 
 class FixMatchStrategy(MultilabelScoring):

@@ -16,7 +16,8 @@ import torch
 from uslearn import models
 from uslearn.data.dataset import Dataset
 from uslearn.strategies import evaluation
-from uslearn.strategies.loop import OnEvaluation, make_context, train
+from uslearn.strategies.context import make_context
+from uslearn.strategies.loop import OnEvaluation, train
 from uslearn.strategies.registry import entry, parse_config, resolved_config
 
 
