@@ -91,25 +91,32 @@ def targets(data: Dataset, rows: np.ndarray, device: torch.device) -> torch.Tens
     return torch.from_numpy(data.labels[rows].astype(np.float32)).to(device, non_blocking=True)
 
 
-class MultilabelScoring:
-    """Validation and final evaluation through the sigmoid head (supervised and FixMatch)."""
+class Scoring:
+    """What both kinds of scoring read: the data, the rows of each role and the run context."""
 
     data: Dataset
     rows: Rows
     ctx: RunContext
 
-    def scores(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
-        """Return the (N, C) sigmoid scores of the ``multilabel`` head."""
-        logits = evaluation.predict_logits(
+    def logits(self, model: torch.nn.Module, rows: np.ndarray, head: str) -> np.ndarray:
+        """Return the (N, n) logits of ``head`` for dataset ``rows``, as the run sees them."""
+        return evaluation.predict_logits(
             model,
             self.data,
             rows,
-            "multilabel",
+            head,
             self.ctx.cfg.image_size,
             self.ctx.device,
             self.ctx.amp_dtype,
         )
-        return 1.0 / (1.0 + np.exp(-logits))
+
+
+class MultilabelScoring(Scoring):
+    """Validation and final evaluation through the sigmoid head (supervised and FixMatch)."""
+
+    def scores(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
+        """Return the (N, C) sigmoid scores of the ``multilabel`` head."""
+        return 1.0 / (1.0 + np.exp(-self.logits(model, rows, "multilabel")))
 
     def validate(self, model: torch.nn.Module) -> float:
         """Return the weighted F1 on validation (thresholds fitted on validation)."""
@@ -134,7 +141,7 @@ class MultilabelScoring:
         return thresholds, report, {}
 
 
-class ClusterScoring:
+class ClusterScoring(Scoring):
     """Validation and final evaluation of a ``cluster`` head through Algorithm 1.
 
     Every labelled image adds its multi-hot v to the row of its argmax cluster; rows divided
@@ -144,24 +151,12 @@ class ClusterScoring:
     ARI / Hungarian accuracy against the label-combination index.
     """
 
-    data: Dataset
-    rows: Rows
-    ctx: RunContext
     combinations: metrics.LabelCombinations  # K from the labelled set (Sec. 2.2.3)
     k: int
 
     def assignments(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
         """Return the (N,) argmax cluster of each of ``rows``."""
-        logits = evaluation.predict_logits(
-            model,
-            self.data,
-            rows,
-            "cluster",
-            self.ctx.cfg.image_size,
-            self.ctx.device,
-            self.ctx.amp_dtype,
-        )
-        return logits.argmax(axis=1)
+        return self.logits(model, rows, "cluster").argmax(axis=1)
 
     def cluster_labels(self, model: torch.nn.Module) -> np.ndarray:
         """Return Algorithm 1's (K, C) soft multi-labels from the labelled rows."""
@@ -251,6 +246,7 @@ __all__ = [
     "ClusterScoring",
     "MultilabelScoring",
     "Rows",
+    "Scoring",
     "TwoViewClustering",
     "exam_sampler",
     "sampled_rows",
