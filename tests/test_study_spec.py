@@ -399,3 +399,17 @@ def test_without_an_address_a_study_starts_its_own_local_ray(monkeypatch):
     assert calls == [
         {"address": "local", "resources": {"TRAIN_DRIVER": 1}, "include_dashboard": False}
     ]
+
+
+@pytest.mark.parametrize("strategy, metric", [("lsd", "epoch"), ("fixmatch_two", "step")])
+def test_asha_measures_time_in_the_strategys_own_unit(strategy, metric):
+    from uslearn.strategies import entry
+    from uslearn.study.runner import _search_config
+
+    search = Search(space={"lr": LogUniform(1e-5, 1e-3)}, num_samples={"default": 4})
+    spec = make_spec(arms={"a": {"strategy": strategy}}, grid={}, fixed={}, search=search)
+    plan = make_plan(spec, "gpu")
+    scheduler = _search_config(plan, 2, str).scheduler
+    length = plan.profile.lengths[entry(strategy).unit]  # 30 epochs or 1 500 steps
+    # One past the last evaluation: ASHA never stops a trial before its test metrics.
+    assert scheduler._time_attr == metric and scheduler._max_t == length + 1
