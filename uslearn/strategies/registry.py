@@ -74,8 +74,14 @@ class Entry:
     def __post_init__(self):
         if self.family not in FAMILIES or self.unit not in UNITS:
             raise ValueError(f"registry entry {self.name!r}: bad family or unit")
-        if self.unit not in {f.name for f in fields(self.config)}:
+        own = {f.name for f in fields(self.config)}
+        if self.unit not in own:
             raise ValueError(f"registry entry {self.name!r}: {self.config} has no {self.unit!r}")
+        if own & {f.name for f in fields(TrainConfig)}:
+            # One flat namespace: a field in both configs would be ambiguous.
+            raise ValueError(
+                f"registry entry {self.name!r}: {self.config} repeats a TrainConfig field"
+            )
 
     def length(self, config: Mapping[str, Any]) -> int:
         """Return the run's length in ``unit`` for flat ``config`` (the default when unset)."""
@@ -136,9 +142,9 @@ def parse_config(config: dict) -> tuple:
 
 def resolved_config(config: dict) -> dict:
     """Return the full flat config with defaults filled in, plus ``init_kind`` and ``family``."""
-    configs = parse_config(config)
-    flat = {key: value for cfg in configs for key, value in asdict(cfg).items()}
-    return {**flat, "init_kind": configs[0].init_kind, "family": entry(flat["strategy"]).family}
+    train, own = parse_config(config)
+    flat = {**asdict(train), **asdict(own)}
+    return {**flat, "init_kind": train.init_kind, "family": entry(train.strategy).family}
 
 
 def _all_fields() -> dict[str, tuple[type, Any]]:
@@ -160,15 +166,11 @@ def param_types() -> dict[str, type]:
 
 
 def hyperparameters() -> tuple[str, ...]:
-    """Return the labelled float knobs of the strategies' own configs (``lam``, ``alpha``, ...).
+    """Return the knobs that carry a display label (``lam``, ``alpha``, ``tau``, ``lambda_u``).
 
     These are what a study sweeps and what the analysis plots a sensitivity figure for.
     """
-    return tuple(
-        name
-        for name, (cls, f) in _all_fields().items()
-        if cls is not TrainConfig and "label" in f.metadata
-    )
+    return tuple(name for name, (_, f) in _all_fields().items() if "label" in f.metadata)
 
 
 def param_label(name: str) -> str:
