@@ -150,17 +150,23 @@ def kill_at_first_checkpoint(trial_dir_glob: str, root: Path, killed: list, dead
     while time.monotonic() < deadline and not killed:
         for trial_dir in root.glob(trial_dir_glob):
             results = trial_dir / "result.json"
-            if any(trial_dir.glob("checkpoint_*")) and results.is_file():
-                pid = json.loads(results.read_text().splitlines()[0])["pid"]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
+            lines = results.read_text().splitlines() if results.is_file() else []
+            if not (any(trial_dir.glob("checkpoint_*")) and lines):
+                continue
+            try:  # Tune may be writing the line right now: read it again on the next poll
+                pid = json.loads(lines[0])["pid"]
+            except json.JSONDecodeError:
+                continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
         time.sleep(0.05)
 
 
 def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(ray_address, tiny, tmp_path):
     spec = probe_spec("probe_crash", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
-    argv = study_argv(tmp_path, tiny, "--no-report", "--set", "epochs=3")
+    # 6 short epochs leave the killer time to act after the first checkpoint.
+    argv = study_argv(tmp_path, tiny, "--no-report", "--set", "epochs=6")
     killed: list[int] = []
     killer = threading.Thread(
         target=kill_at_first_checkpoint,
@@ -177,7 +183,7 @@ def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(ray_address, 
     steps = [json.loads(line).get("step") for line in result_file.read_text().splitlines()]
     evaluations = [s for s in steps if s is not None]
     # Restarted from scratch, the first evaluation's step would appear twice.
-    assert evaluations == sorted(set(evaluations)) and len(evaluations) == 3
+    assert evaluations == sorted(set(evaluations)) and len(evaluations) == 6
 
 
 def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, tiny, tmp_path):
