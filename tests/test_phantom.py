@@ -9,16 +9,10 @@ import pandas as pd
 import pytest
 
 from uslearn.data.dataset import CLASSES, Dataset, DatasetError, DatasetWriter
-from uslearn.data.phantom import (
-    PRESETS,
-    TRUTH,
-    add_label_noise,
-    ensure_phantom,
-    generate_phantom,
-    labels_from_visible,
-    register,
-)
-from uslearn.data.phantom_exams import EXAM_TYPES, assign_splits, plan_exams
+from uslearn.phantom import PRESETS, TRUTH, ensure_phantom, generate_phantom
+from uslearn.phantom.cli import register
+from uslearn.phantom.exams import EXAM_TYPES, assign_splits, plan_exams
+from uslearn.phantom.labels import add_label_noise, labels_from_visible
 
 # The paper's test set (Sec. 3.1): labels per class and images.
 PAPER_TEST_LABELS = {

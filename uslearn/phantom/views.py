@@ -1,11 +1,11 @@
 """Standard abdominal views of the phantom: which organs a plane shows and where.
 
-Each view sampler places slots (see ``phantom_anatomy.slot``) in physical coordinates: x is
+Each view sampler places slots (see ``anatomy.slot``) in physical coordinates: x is
 lateral (cm, positive to the image right), z is depth below the skin at the centre line. The
 organs a view *intends* to show are placed inside the field of view; with a probability that
 grows with ``difficulty`` a neighbouring organ peeks in at the edge, an organ is small or
 partly outside, or bowel gas and ribs shadow part of it. The labels are not taken from the
-view name: the renderer measures what is actually visible (see ``phantom_bmode``).
+view name: the renderer measures what is actually visible (see ``bmode``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uslearn.data.phantom_anatomy import slot
+from uslearn.phantom.anatomy import slot
 
 Row = tuple[float, ...]
 
@@ -29,7 +29,7 @@ class ViewContext:
         radius: convex probe radius (cm).
         half_angle: half the sector angle (radians).
         wall: body wall thickness (cm): organs lie below it.
-        patient: patient traits (see ``phantom_exams.Patient``), read with getattr.
+        patient: patient traits (see ``exams.Patient``), read with getattr.
         difficulty: 0 = easy, 1 = default, up to ~2 = hard.
     """
 
