@@ -39,7 +39,8 @@ from uslearn.phantom.exams import (
     plan_exams,
 )
 from uslearn.phantom.labels import add_label_noise, labels_from_visible
-from uslearn.phantom.views import VIEWS, ViewContext
+from uslearn.phantom.organs import ViewContext
+from uslearn.phantom.views import VIEWS
 
 log = get_logger(__name__)
 
