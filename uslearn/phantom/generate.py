@@ -1,6 +1,6 @@
 """Synthetic abdominal ultrasound phantom: exams of B-mode frames with known multi-labels.
 
-``generate_phantom`` writes a dataset directory (the DESIGN.md contract) of synthetic exams:
+``generate_phantom`` writes a dataset directory (docs/CONTRACTS.md) of synthetic exams:
 patients with a body habitus, scanners with their settings and overlays, standard views in
 protocol order, split by patient like the paper (labelled / unlabelled / val / test). Each
 frame's labels are measured on the rendered anatomy (an organ counts when enough of it is
