@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as report_cli
     from uslearn import study_cli, train_cli
     from uslearn.data import cli as data_cli
+    from uslearn.phantom import cli as phantom_cli
 
     parser = argparse.ArgumentParser(
         prog="uslearn",
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{data,train,study,report}")
     sub.required = True
-    data_cli.register(sub)
+    phantom_cli.register(data_cli.register(sub))
     train_cli.register(sub)
     study_cli.register(sub)
     report_cli.register(sub)
