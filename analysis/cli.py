@@ -51,13 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report; print where it is; return 0."""
-    from analysis.report import build_report
     from uslearn.errors import UserError
     from uslearn.paths import default_tracking_uri, runs_dir
 
     if not 0.0 < args.level < 1.0:
         raise UserError(f"--level {args.level}: expected a coverage in (0, 1), e.g. 0.95")
     _require_store(args.tracking_uri or default_tracking_uri())
+    from analysis.report import build_report
+
     out = args.out or runs_dir() / "reports" / args.study
     report = build_report(
         args.study,

@@ -94,7 +94,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
                 declared = png_significant_bits(path) if image.format == "PNG" else None
                 return _pil_to_array(image, declared)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageRejected("too_large", f"{err} (a decompression bomb); not decoded") from err
+        raise ImageRejected("too_large", f"{err} Not decoded.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         detail = str(err).replace(str(path), "<file>")
         raise ImageRejected("unreadable", f"{type(err).__name__}: {detail}") from err

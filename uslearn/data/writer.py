@@ -364,10 +364,7 @@ class DatasetWriter:
         except OSError as err:
             if not is_environment_error(err):
                 raise
-            kept = "the previous dataset is unchanged" if self.overwrite else "nothing was written"
-            raise EnvError(
-                f"{describe_os_error(err, self.out, doing)} ({self.out}: {kept})"
-            ) from err
+            raise EnvError(f"{describe_os_error(err, self.out, doing)} ({self._kept()})") from err
 
     def write(self, start: int, images: np.ndarray) -> None:
         """Write a block of (n, size, size) uint8 images at rows start..start+n-1."""
@@ -487,10 +484,13 @@ class DatasetWriter:
     def __exit__(self, kind, err, tb) -> None:
         self.abort()
         if isinstance(err, OSError) and is_environment_error(err):
-            kept = "the previous dataset is unchanged" if self.overwrite else "nothing was written"
-            raise EnvError(
-                f"{describe_os_error(err, self.out, 'writing the dataset')} ({self.out}: {kept})"
-            ) from err
+            doing = "writing the dataset"
+            raise EnvError(f"{describe_os_error(err, self.out, doing)} ({self._kept()})") from err
+
+    def _kept(self) -> str:
+        if self.overwrite and os.path.lexists(self.out):
+            return "the previous dataset is unchanged"
+        return "nothing was written"
 
 
 def _fsync_file(path: Path) -> None:
