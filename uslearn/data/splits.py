@@ -28,7 +28,7 @@ from uslearn.data.dataset import (
     integrity_meta,
     validate_manifest,
 )
-from uslearn.data.writer import target_lock
+from uslearn.data.writer import normalise, target_lock
 
 GIVEN = "split_given"  # manifest column: True where the split came from the user's CSV
 
@@ -214,7 +214,7 @@ def write_splits(dataset: Dataset, manifest: pd.DataFrame) -> Dataset:
     root = dataset.root
     tmp_manifest = root / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp_meta = root / f".{META}.tmp-{os.getpid()}"
-    with target_lock(root.absolute()):
+    with target_lock(normalise(root)):
         try:
             manifest.reset_index(drop=True).to_parquet(tmp_manifest, index=False)
             meta = {**dataset.meta, **integrity_meta(tmp_manifest, root / STORE)}
