@@ -111,7 +111,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     frame = load(study, tracking_uri=tracking_uri, invocation=invocation)
     if "strategy" not in frame:
-        raise UserError(f"study '{study}': its runs have no 'strategy' param (DESIGN.md contract)")
+        raise UserError(f"study '{study}': its runs have no 'strategy' param (docs/CONTRACTS.md)")
     parent = parent_run(frame, tracking_uri)
     report = Report(html=out / "report.html")
     add = report.sections.append

@@ -1,4 +1,4 @@
-"""Read a study's MLflow runs into tidy pandas frames (DESIGN.md "Trial config → MLflow").
+"""Read a study's MLflow runs into tidy pandas frames (docs/CONTRACTS.md "MLflow").
 
 One row per child run (= one trial): its params as typed columns (``lam`` is a float, ``seed``
 an int, ``strategy`` a string), its final metrics under their MLflow names

@@ -67,7 +67,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from uslearn.data.phantom import ensure_phantom
+    from uslearn.phantom import ensure_phantom
 
     lams = [0.5 * (i + 1) for i in range(args.trials)]
     with tempfile.TemporaryDirectory() as tmp:

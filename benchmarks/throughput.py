@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from uslearn import models
-from uslearn.data.phantom import ensure_phantom
+from uslearn.phantom import ensure_phantom
 from uslearn.strategies import run
 
 

@@ -37,7 +37,7 @@ def ray_address():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from uslearn.data.phantom import ensure_phantom
+    from uslearn.phantom import ensure_phantom
 
     return ensure_phantom(tmp_path_factory.mktemp("data") / "tiny", preset="tiny").root
 

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as report_cli
     from uslearn import train_cli
     from uslearn.data import cli as data_cli
+    from uslearn.phantom import cli as phantom_cli
     from uslearn.study import cli as study_cli
 
     parser = argparse.ArgumentParser(
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{data,train,study,report}")
     sub.required = True
-    data_cli.register(sub)
+    phantom_cli.register(data_cli.register(sub))
     train_cli.register(sub)
     study_cli.register(sub)
     report_cli.register(sub)

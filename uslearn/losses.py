@@ -1,4 +1,4 @@
-"""The paper's losses as pure functions on tensors (equation numbers of the paper, METHODS.md).
+"""The paper's losses as pure functions on tensors, with its equation numbers (docs/METHODOLOGY.md).
 
 Shapes: N = batch, K = clusters / label combinations, C = classes. Every function returns
 tensors on the input's device and never calls ``.item()``, so a training step stays free of

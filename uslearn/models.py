@@ -8,7 +8,7 @@ other heads (deep-clustering initialisation, strategy 4).
 
 Input is grayscale ``(B, 1, H, W)`` in [0, 1]. The default ``stem="repeat"`` normalises it with
 ImageNet's per-channel mean/std and repeats it to 3 channels: cuDNN is faster with 3 input
-channels than with 1 (GPU_NOTES.md, benchmarks/model_stem.py), and ImageNet weights load as they
+channels than with 1 (docs/GPU.md, benchmarks/model_stem.py), and ImageNet weights load as they
 are. ``stem="gray"`` is a 1-channel ``conv1`` whose ImageNet weights are the sum over RGB.
 """
 

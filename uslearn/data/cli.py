@@ -1,4 +1,4 @@
-"""``uslearn data ...``: import, import-dicom, phantom, split, check, gallery.
+"""``uslearn data ...``: import, import-dicom, split, check, gallery, locate (phantom: uslearn/phantom).
 
 Heavy imports stay inside the handlers so that ``uslearn --help`` stays fast.
 """
@@ -13,8 +13,11 @@ from pathlib import Path
 from uslearn.errors import UserError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``data`` command group to the top-level parser."""
+def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add the ``data`` command group to the top-level parser; return its sub-parsers.
+
+    ``uslearn data phantom`` is added to them by the phantom package (``uslearn/cli.py``).
+    """
     parser = sub.add_parser(
         "data",
         help="Datasets: import folders+CSV or DICOM exports, generate the synthetic phantom, split by patient, check, gallery.",
@@ -26,17 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_sub.required = True
     _add_import(data_sub)
     _add_import_dicom(data_sub)
-    _add_phantom(data_sub)
     _add_split(data_sub)
     _add_check(data_sub)
     _add_gallery(data_sub)
     _add_locate(data_sub)
-
-
-def _add_phantom(data_sub: argparse._SubParsersAction) -> None:
-    from uslearn.data import phantom  # registers its own sub-command (the phantom's room)
-
-    phantom.register(data_sub)
+    return data_sub
 
 
 def _finite(text: str) -> float:

@@ -1,4 +1,4 @@
-"""The dataset directory (DESIGN.md contract): manifest.parquet + images.u8 + meta.json.
+"""The dataset directory (docs/CONTRACTS.md): manifest.parquet + images.u8 + meta.json.
 
     <dataset>/manifest.parquet   one row per image
     <dataset>/images.u8          uint8 memory map, shape (N, H, W), row i = manifest row i

@@ -1,4 +1,4 @@
-"""Patient-disjoint splits and nested label fractions (METHODS.md "Data protocol").
+"""Patient-disjoint splits and nested label fractions (docs/METHODOLOGY.md "Data protocol").
 
 - ``assign_splits``: labelled / unlabelled / val / test **by patient**, seeded, keeping the
   splits a user gave (``split_given``). Only patients with at least one labelled image can go
@@ -143,7 +143,7 @@ def labelled_subset(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
     The labelled exams are shuffled once per seed; the subset is the shortest prefix of that
     order whose images reach ``fraction`` of the labelled images (at least one exam). Since
     every fraction takes a prefix of the same order, for one seed the 10 % set lies inside the
-    20 % set, which lies inside the 50 % set (METHODS.md: our choice, so curves over fractions
+    20 % set, which lies inside the 50 % set (our choice, docs/METHODOLOGY.md: curves over fractions
     compare like with like). Rows without labels (-1) are left out.
 
     Args:

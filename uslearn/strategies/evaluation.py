@@ -69,7 +69,7 @@ def test_report(
 
 
 def report_metrics(report: pd.DataFrame, prefix: str = "test") -> dict[str, float]:
-    """Return the MLflow-contract metric names for a report frame (DESIGN.md)."""
+    """Return the MLflow-contract metric names for a report frame (docs/CONTRACTS.md)."""
     out = {
         f"{prefix}/{m}_weighted": float(report.loc["weighted", m])
         for m in ("f1", "precision", "recall")

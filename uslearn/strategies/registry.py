@@ -1,4 +1,4 @@
-"""The strategy registry and the one entry point every caller uses (DESIGN.md contract).
+"""The strategy registry and the one entry point every caller uses (docs/CONTRACTS.md).
 
 ``run(config, data, report)`` trains one strategy to the end and returns its final metrics. The
 same function runs in a plain process (tests, ``uslearn train``), in a Ray Train worker (DDP,
@@ -35,7 +35,7 @@ def run(
     out_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train one strategy to the end and return its final metrics (DESIGN.md names).
+    """Train one strategy to the end and return its final metrics (docs/CONTRACTS.md names).
 
     Args:
         config: flat dict of TrainConfig + the strategy's config fields (unknown keys raise).

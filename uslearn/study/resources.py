@@ -14,21 +14,21 @@ from typing import Any
 from uslearn.config import ConfigError
 
 # Seconds a trial spends before its first step: a Ray Train worker group takes 20-25 s to start
-# on a 2-core machine (RAY_NOTES.md); an in-process trial only builds the model and the data.
+# on a 2-core machine (docs/RAY_MLFLOW.md); an in-process trial only builds the model and the data.
 STARTUP_S = {"train": 25.0, "in-process": 4.0}
 
 # Training throughput of ONE trial (images through forward+backward per second), measured.
 # cpu, 32 px: median ``train/img_per_s`` of the 60 evaluations of the cpu-demo
 # lambda_sensitivity study (PICA/LSD, two trials sharing 2 busy cores, 1 thread each).
 # cpu, 64 px: the 32 px figure scaled by pixels (not measured).
-# cuda: one H100, ResNet18, bf16 (GPU_NOTES.md); a half-GPU trial gets ~0.73 of a whole GPU
+# cuda: one H100, ResNet18, bf16 (docs/GPU.md); a half-GPU trial gets ~0.73 of a whole GPU
 # because two packed trials reach 1.46x of one.
 THROUGHPUT: dict[tuple[str, int], float] = {
     ("cpu", 32): 326.0,
     ("cuda", 128): 32493.0,
     ("cuda", 224): 11450.0,
 }
-PACKING_GAIN = 1.46  # aggregate speed of two trials on one GPU relative to one (GPU_NOTES.md)
+PACKING_GAIN = 1.46  # aggregate speed of two trials on one GPU relative to one (docs/GPU.md)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Resources:
         """Return ``train`` (a Ray Train TorchTrainer per trial) or ``in-process``.
 
         A single-worker CPU trial runs the loop in the Tune trial process: a Train worker
-        group would add ~20 s per trial (RAY_NOTES.md). GPU and DDP trials use Ray Train.
+        group would add ~20 s per trial (docs/RAY_MLFLOW.md). GPU and DDP trials use Ray Train.
         """
         return "train" if self.workers > 1 or self.gpus_per_worker > 0 else "in-process"
 

@@ -83,7 +83,7 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
     """Connect to Ray (``address``, ``$RAY_ADDRESS`` or a new local Ray); return its resources.
 
     A local Ray gets the custom ``TRAIN_DRIVER`` resource that GPU/DDP trials' driver functions
-    ask for, so the CPUs and GPUs stay for the Train workers (RAY_NOTES.md).
+    ask for, so the CPUs and GPUs stay for the Train workers (docs/RAY_MLFLOW.md).
 
     Raises:
         UserError: a cluster without ``TRAIN_DRIVER`` when trials need Ray Train.

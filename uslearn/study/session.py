@@ -105,7 +105,7 @@ def ensure_dataset(path: Path, plan: Plan, smoke_test: bool):
         raise UserError(
             f"{path}: not a dataset directory (no meta.json); see 'uslearn data --help'"
         )
-    from uslearn.data.phantom import ensure_phantom
+    from uslearn.phantom import ensure_phantom
 
     print(
         f"generating the '{plan.profile.dataset}' phantom dataset in {path} (once)...", flush=True

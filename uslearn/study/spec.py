@@ -59,7 +59,7 @@ PROFILES: dict[str, Profile] = {
         # 128 px keeps the organs' texture while a trial runs ~3x faster than at 224 px.
         overrides={"image_size": 128, "epochs": 30, "steps": 1500},
         max_seeds=None,
-        # Two trials per GPU: packing gains ~1.46x aggregate, more loses (GPU_NOTES.md).
+        # Two trials per GPU: packing gains ~1.46x aggregate, more loses (docs/GPU.md).
         resources=Resources(workers=1, gpus_per_worker=0.5, cpus_per_worker=4.0),
         reduces="128 px images, 30 epochs or 1 500 steps, two trials packed per GPU",
     ),

@@ -2,7 +2,7 @@
 
 Everything goes through ``MlflowClient`` with explicit run ids, never the fluent API's
 "active run": trials run in threads of Ray actors, and a restored or retried trial must find
-its existing child run (tag ``trial_id``) instead of opening a duplicate (DESIGN.md contract).
+its existing child run (tag ``trial_id``) instead of opening a duplicate (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations

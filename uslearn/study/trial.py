@@ -1,6 +1,6 @@
 """One trial: the Tune function that runs one strategy and logs it as an MLflow child run.
 
-Three layers, as Ray Train V2 wants them (RAY_NOTES.md): ``tune_trial`` is the Tune trainable.
+Three layers, as Ray Train V2 wants them (docs/RAY_MLFLOW.md): ``tune_trial`` is the Tune trainable.
 A single-worker CPU trial runs the strategy right there (no worker group to start); a GPU or
 DDP trial builds a ``TorchTrainer`` whose workers run ``train_worker``, named after the Tune
 trial id so that a retried trial finds its own Train run and checkpoints again. In both cases
