@@ -103,7 +103,9 @@ def check_target(
             raise DatasetError(
                 f"{flag} {out} contains the input {given}; write the dataset outside the input"
             )
-    protected = {Path("/"): "the root folder", Path.cwd().resolve(): "the current folder"}
+    protected = {Path("/"): "the root folder"}
+    with contextlib.suppress(OSError):  # a deleted current folder
+        protected[Path.cwd().resolve()] = "the current folder"
     with contextlib.suppress(RuntimeError, KeyError):
         protected[Path.home().resolve()] = "the home folder"
     for folder, name in protected.items():
