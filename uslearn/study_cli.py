@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from uslearn.config import finite_float
 from uslearn.errors import UserError
 from uslearn.study.resources import Resources
 from uslearn.study.spec import PROFILES, StudySpec
@@ -67,14 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-gpus-per-trial",
-        type=float,
+        type=finite_float,
         metavar="G",
         help="GPUs per trial (0.5 packs two trials per GPU)",
     )
     parser.add_argument(
         "--workers-per-trial", type=int, metavar="N", help="DDP workers per trial (Ray Train)"
     )
-    parser.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPU cores per worker")
+    parser.add_argument(
+        "--cpus-per-worker", type=finite_float, metavar="C", help="CPU cores per worker"
+    )
     parser.add_argument("--seeds", type=int, metavar="N", help="run only the first N seeds")
     parser.add_argument(
         "--set",
@@ -82,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value for every trial (repeatable)",
+    )
+    parser.add_argument(
+        "--verify-data",
+        choices=("sample", "full", "none"),
+        default="sample",
+        help="check the dataset against its meta.json once, before Ray starts: a 16 MiB sample "
+        "of the store (default), every byte (full), or not (none); trials do not re-hash",
     )
     parser.add_argument(
         "--dc-init",
@@ -109,13 +120,20 @@ def _scalar(text: str) -> int | float | bool | str:
 
 
 def parse_sets(items: list[str]) -> dict[str, int | float | bool | str]:
-    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types)."""
+    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types).
+
+    Raises:
+        UserError: an item without ``=``, or a value that reads as nan or infinity.
+    """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = _scalar(value.strip())
+        scalar = _scalar(value.strip())
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            raise UserError(f"--set {item.strip()}: expected a finite number")
+        out[key.strip()] = scalar
     return out
 
 
@@ -234,6 +252,10 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     from uslearn.study.runner import Invocation, execute, new_exp_dir
 
     dataset = session.ensure_dataset(data_path, plan, args.smoke_test)
+    verify = getattr(args, "verify_data", "sample")
+    if verify != "none":
+        # Once, here: the trials open the dataset without hashing it, and log this fingerprint.
+        print(dataset.verify(verify))
     if state and state.get("fingerprint") != dataset.fingerprint:
         raise UserError(
             f"--resume: {data_path} changed since the study started (fingerprint "
