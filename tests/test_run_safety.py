@@ -203,6 +203,11 @@ def test_out_accepts_new_empty_and_killed_run_folders_and_refuses_the_rest(tmp_p
         second = run_folder(killed, resume=True, overwrite=False)
         with pytest.raises(UserError, match=r"another uslearn command \(pid \d+\) is writing"):
             second.__enter__()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": true}')  # a user's file with one of our names
+    with pytest.raises(UserError, match=r"holds files that uslearn did not write \(config.json\)"):
+        check_out(mine, resume=False, overwrite=True)
     done = tmp_path / "done"
     done.mkdir()
     (done / "metrics.json").write_text(json.dumps({"test/f1_weighted": 0.5}))

@@ -218,12 +218,40 @@ def _is_leftover(path: Path) -> bool:
 
 
 def has_run(out: Path) -> bool:
-    """Return True when ``out`` holds outputs of an earlier ``uslearn train``."""
-    if not out.is_dir():
+    """Return True when ``out`` holds an earlier ``uslearn train``'s outputs.
+
+    Its weights (``best.pt``, ``checkpoint/``) or its ``config.json`` (a resolved config:
+    ``strategy`` and ``family``) say so; a file that merely shares a name does not.
+    """
+    saved = [out / "best.pt", out / "checkpoint" / "checkpoint.pt", out / "checkpoint" / "best.pt"]
+    if any(path.is_file() for path in saved):
+        return True
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
         return False
-    checkpoint = out / "checkpoint"
-    saved = any((checkpoint / name).is_file() for name in ("checkpoint.pt", "best.pt"))
-    return saved or any((out / name).is_file() for name in RUN_FILES)
+    return isinstance(config, dict) and {"strategy", "family"} <= set(config)
+
+
+def _foreign(out: Path) -> list[str]:
+    """Return the names in ``out`` that an earlier ``uslearn train`` did not write."""
+    if not out.is_dir():
+        return []
+    run = has_run(out)
+    foreign = []
+    for entry in out.iterdir():
+        if _is_leftover(entry):
+            continue
+        if entry.name == "checkpoint" and entry.is_dir():
+            # A killed run may leave checkpoint/ empty or with temporary files only.
+            foreign += [
+                f"checkpoint/{p.name}"
+                for p in entry.iterdir()
+                if not _is_leftover(p) and not (run and p.name in ("checkpoint.pt", "best.pt"))
+            ]
+        elif not (run and entry.name in RUN_FILES):
+            foreign.append(entry.name)
+    return sorted(foreign)
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -237,8 +265,7 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the run's outputs")
-    entries = list(out.iterdir()) if out.is_dir() else []
-    foreign = sorted(e.name for e in entries if e.name not in OUTPUT_NAMES and not _is_leftover(e))
+    foreign = _foreign(out)
     if foreign:
         raise UserError(
             f"--out {out}: holds files that uslearn did not write ({', '.join(foreign[:3])}"
