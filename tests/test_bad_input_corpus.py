@@ -5,8 +5,12 @@ dataset, runs the command line and checks:
 
 - the exit code (2 bad input, 1 a fault of the machine or a failed check, 0 handled);
 - that the output names the problem (a pattern) and holds no traceback;
-- that nothing hashed changed, that no ``.partial-*`` or lock file is left, and that no file
-  the command wrote holds a patient name or raw ID of the export (``DUPONT``, ``IPP9...``).
+- that nothing hashed changed (inputs, earlier datasets, an earlier run's checkpoint, best.pt
+  and metrics.json), that no ``.partial-*``, ``.tmp-<pid>`` or lock file is left, and that no
+  file the command wrote holds a patient name or raw ID of the export (``DUPONT``, ``IPP9...``).
+
+Data cases copy a small PNG export, its dataset and DICOM files; training cases use the tiny
+phantom at 32 px, one step per epoch, and a finished two-step run of it, made once per session.
 
 Outcomes: ``error`` (refused with one line), ``skipped`` (bad items skipped under --skip-bad
 and reported), ``ok`` (handled correctly, e.g. 12-bit PNGs scaled by their real depth).
@@ -1706,7 +1710,7 @@ def test_bad_input(corpus, name):
 
 
 def test_corpus_counts_by_outcome(corpus, capsys):
-    """The corpus holds at least 40 data-side cases; print how many ran per outcome."""
+    """The corpus holds at least 50 cases; print how many ran per outcome."""
     results = {name: future.result() for name, future in corpus.items()}
     counts: dict[str, int] = {}
     for result in results.values():
@@ -1717,4 +1721,4 @@ def test_corpus_counts_by_outcome(corpus, capsys):
             "\ncorpus cases by outcome:", ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
         )
         print("slowest:", "; ".join(f"{n} {results[n].seconds:.1f} s" for n in slowest))
-    assert len(CASES) >= 40
+    assert len(CASES) >= 50

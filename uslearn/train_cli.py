@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
             "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
-            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out."
+            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out: a new or empty folder, or "
+            "an earlier run's with --resume (same config; only the length may change) or --overwrite. "
+            "Exit 2 for bad input, 1 for a fault of the machine (disk full, permission denied)."
         ),
     )
     parser.add_argument(
