@@ -1050,41 +1050,38 @@ def _no_torch_advice(output: str) -> None:
     assert "weights_only" not in output, output
 
 
+def refused_resume(w: World, *extra: str, message: str, damage=None, data=None, check=None):
+    """Return a ``train --resume`` of a copy of the finished run (``damage``d first) that must
+    be refused, the run and the dataset unchanged."""
+    run = w.run()
+    if damage is not None:
+        damage(run / "checkpoint" / "checkpoint.pt")
+    data = w.tiny() if data is None else data
+    argv = train_argv(w, "--resume", *extra, data=data, out=run)
+    return Case(argv, 2, message, "error", [data, run], check=check)
+
+
 @case("train --resume with another --lam", slow=True)
 def _(w):
-    run = w.run()
-    return Case(
-        train_argv(w, "--resume", "--lam", "5", out=run),
-        2,
-        r"cannot resume from .*checkpoint.pt: this run asks for lam=5.0 \(the checkpoint's: "
-        r"2.0\); only the length \(epochs\) may change",
-        "error",
-        [w.root / "tiny", run],
+    return refused_resume(
+        w,
+        "--lam",
+        "5",
+        message=r"cannot resume from .*checkpoint.pt: this run asks for lam=5.0 \(the "
+        r"checkpoint's: 2.0\); only the length \(epochs\) may change",
     )
 
 
 @case("train --resume with another --strategy", slow=True)
 def _(w):
-    run = w.run()
-    return Case(
-        train_argv(w, "--resume", "--strategy", "pica", out=run),
-        2,
-        r"this run asks for strategy='pica' \(the checkpoint's: 'lsd'\)",
-        "error",
-        [w.root / "tiny", run],
-    )
+    message = r"this run asks for strategy='pica' \(the checkpoint's: 'lsd'\)"
+    return refused_resume(w, "--strategy", "pica", message=message)
 
 
 @case("train --resume with a length that ends before the checkpoint's step", slow=True)
 def _(w):
-    run = w.run()
-    return Case(
-        train_argv(w, "--resume", "--epochs", "1", out=run),
-        2,
-        r"the checkpoint is at step 2 .*past the end of this run \(1 step",
-        "error",
-        [w.root / "tiny", run],
-    )
+    message = r"the checkpoint is at step 2 .*past the end of this run \(1 step"
+    return refused_resume(w, "--epochs", "1", message=message)
 
 
 @case("train --resume on a dataset re-split since (another fingerprint)", slow=True)
@@ -1092,74 +1089,56 @@ def _(w):
     from uslearn.data.dataset import Dataset
     from uslearn.data.splits import assign_splits, write_splits
 
-    run, tiny = w.run(), w.tiny()
+    tiny = w.tiny()
     dataset = Dataset.open(tiny)
     write_splits(dataset, assign_splits(dataset.manifest, seed=1))
-    return Case(
-        train_argv(w, "--resume", data=tiny, out=run),
-        2,
-        r"asks for dataset_fingerprint='\w+' \(the checkpoint's: '\w+'\)",
-        "error",
-        [tiny, run],
-    )
+    message = r"asks for dataset_fingerprint='\w+' \(the checkpoint's: '\w+'\)"
+    return refused_resume(w, data=tiny, message=message)
 
 
 @case("train --resume from a truncated checkpoint.pt", slow=True)
 def _(w):
-    run = w.run()
-    checkpoint = run / "checkpoint" / "checkpoint.pt"
-    replace_file(checkpoint, checkpoint.read_bytes()[:1_000_000])
-    return Case(
-        train_argv(w, "--resume", out=run),
-        2,
-        r"checkpoint/checkpoint.pt: truncated or corrupt torch file",
-        "error",
-        [w.root / "tiny", run],
+    return refused_resume(
+        w,
+        damage=lambda path: replace_file(path, path.read_bytes()[:1_000_000]),
+        message=r"checkpoint/checkpoint.pt: truncated or corrupt torch file",
         check=_no_torch_advice,
     )
 
 
-@case("train --resume from a checkpoint.pt holding a pickled object", slow=True)
-def _(w):
+def _pickled_object(path: Path) -> None:
     import torch
 
-    run = w.run()
-    (run / "checkpoint" / "checkpoint.pt").unlink()
-    torch.save({"model": Path("/etc/passwd")}, run / "checkpoint" / "checkpoint.pt")
-    return Case(
-        train_argv(w, "--resume", out=run),
-        2,
-        r"checkpoint.pt: holds a Python object \(pathlib.*\).*can run code",
-        "error",
-        [w.root / "tiny", run],
+    path.unlink()
+    torch.save({"model": Path("/etc/passwd")}, path)
+
+
+@case("train --resume from a checkpoint.pt holding a pickled object", slow=True)
+def _(w):
+    return refused_resume(
+        w,
+        damage=_pickled_object,
+        message=r"checkpoint.pt: holds a Python object \(pathlib.*\).*can run code",
         check=_no_torch_advice,
     )
 
 
 @case("train --resume from a checkpoint.pt of random bytes", slow=True)
 def _(w):
-    run = w.run()
-    replace_file(run / "checkpoint" / "checkpoint.pt", os.urandom(4096))
-    return Case(
-        train_argv(w, "--resume", out=run),
-        2,
-        r"checkpoint.pt: not a torch file, or a corrupt one",
-        "error",
-        [w.root / "tiny", run],
+    return refused_resume(
+        w,
+        damage=lambda path: replace_file(path, os.urandom(4096)),
+        message=r"checkpoint.pt: not a torch file, or a corrupt one",
         check=_no_torch_advice,
     )
 
 
 @case("train --resume from best.pt copied over checkpoint.pt", slow=True)
 def _(w):
-    run = w.run()
-    replace_file(run / "checkpoint" / "checkpoint.pt", (run / "best.pt").read_bytes())
-    return Case(
-        train_argv(w, "--resume", out=run),
-        2,
-        r"checkpoint.pt: not a uslearn training checkpoint \(it has no \['optimizer'",
-        "error",
-        [w.root / "tiny", run],
+    return refused_resume(
+        w,
+        damage=lambda path: replace_file(path, (path.parents[1] / "best.pt").read_bytes()),
+        message=r"checkpoint.pt: not a uslearn training checkpoint \(it has no \['optimizer'",
     )
 
 

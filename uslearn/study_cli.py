@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from uslearn.config import finite_float
+from uslearn.data.cli import add_verify_data
 from uslearn.errors import UserError
 from uslearn.study.resources import Resources
 from uslearn.study.spec import PROFILES, StudySpec
@@ -87,13 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value for every trial (repeatable)",
     )
-    parser.add_argument(
-        "--verify-data",
-        choices=("sample", "full", "none"),
-        default="sample",
-        help="check the dataset against its meta.json once, before Ray starts: a 16 MiB sample "
-        "of the store (default), every byte (full), or not (none); trials do not re-hash",
-    )
+    add_verify_data(parser, "once, before Ray starts (trials do not hash it again)")
     parser.add_argument(
         "--dc-init",
         metavar="PATH",

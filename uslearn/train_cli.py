@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from uslearn.config import load_yaml
+from uslearn.data.cli import add_verify_data
 from uslearn.data.dataset import Dataset
 from uslearn.data.writer import normalise, target_lock
 from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
@@ -85,13 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace the run already in --out (its uslearn outputs only)",
     )
-    parser.add_argument(
-        "--verify-data",
-        choices=("sample", "full", "none"),
-        default="sample",
-        help="check the dataset against its meta.json before training: the manifest and a "
-        "16 MiB sample of the store (default), every byte (full), or not at all (none)",
-    )
+    add_verify_data(parser, "before training")
     parser.add_argument(
         "--workers",
         type=int,

@@ -36,6 +36,20 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     return data_sub
 
 
+VERIFY_CHOICES = ("sample", "full", "none")
+
+
+def add_verify_data(parser: argparse.ArgumentParser, when: str) -> None:
+    """Add ``--verify-data sample|full|none`` (default sample) to a command that reads a dataset."""
+    parser.add_argument(
+        "--verify-data",
+        choices=VERIFY_CHOICES,
+        default="sample",
+        help=f"check the dataset against its meta.json {when}: the manifest and a 16 MiB sample "
+        "of the store (default), every byte (full), or not at all (none)",
+    )
+
+
 def _fraction_or_count(text: str) -> float:
     value = finite_float(text)
     if value < 0:
