@@ -13,7 +13,6 @@ Strategies never call ``backward``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -30,15 +29,13 @@ import torch.distributed as dist
 from uslearn import files, models
 from uslearn.errors import UserError
 from uslearn.log import get_logger, progress
+from uslearn.strategies import checkpoint
 from uslearn.strategies.context import RunContext
-from uslearn.strategies.registry import entry, resume_conflicts
 
 log = get_logger(__name__)
 # Called at every evaluation on every rank as (metrics, checkpoint dir on rank 0, else None).
 OnEvaluation = Callable[[dict[str, float], "str | None"], None]
 LOG_EVERY = 10  # steps between host syncs: keeps `.item()` off the per-step path on a GPU
-# What ``_save_checkpoint`` stores besides the run's config; a file without them is no checkpoint.
-CHECKPOINT_KEYS = ("model", "optimizer", "state", "generator", "torch_rng")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -126,12 +123,7 @@ class Training:
 
 
 def _save_checkpoints(training: Training, ctx: RunContext, best: bool) -> None:
-    """Write ``checkpoint.pt`` (and ``best.pt`` when ``best``): both or neither.
-
-    Both files are written and fsynced beside their targets before either is renamed into
-    place, so a full disk leaves the previous pair as it was (``EnvError`` naming the file),
-    never a truncated file or a new best.pt beside an old checkpoint.pt.
-    """
+    """Write ``checkpoint.pt`` (and ``best.pt`` when ``best``), both or neither (checkpoint.py)."""
     model = _unwrap(training.net).state_dict()
     payload = {
         "model": model,
@@ -141,19 +133,8 @@ def _save_checkpoints(training: Training, ctx: RunContext, best: bool) -> None:
         "torch_rng": torch.get_rng_state(),
         "config": training.record,
     }
-    training.ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as renames:
-        if best:
-            kept = {"model": model, "config": training.record, "step": training.state.step}
-            _write(kept, renames, training.ckpt_dir / "best.pt", "the best weights")
-        _write(payload, renames, training.ckpt_dir / "checkpoint.pt", "the checkpoint")
-
-
-def _write(obj: dict, renames: contextlib.ExitStack, path: Path, what: str) -> None:
-    """Write ``obj`` to a temporary file that ``renames`` puts at ``path`` when it closes."""
-    handle = renames.enter_context(files.replacing(path, what))
-    torch.save(obj, handle)
-    handle.sync()  # a full disk shows by now, before either file of the pair is renamed
+    kept = {"model": model, "config": training.record, "step": training.state.step}
+    checkpoint.save(training.ckpt_dir, payload, kept if best else None)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -211,7 +192,7 @@ def train(
         raise UserError(
             f"cannot resume: the checkpoint is at step {state.step} (epoch "
             f"{state.step / strategy.steps_per_epoch:g}), past the end of this run "
-            f"({strategy.total_steps} steps); give a length that reaches it"
+            f"({strategy.total_steps} step(s)); give a length that reaches it"
         )
     bar = (
         progress(total=strategy.total_steps, desc=ctx.cfg.strategy, unit="step")
@@ -370,31 +351,16 @@ def _resume(
 ) -> LoopState:
     """Load a checkpoint written by ``_save_checkpoints`` (a file or its directory).
 
-    The checkpoint's config must be ``record`` but for the run's length
-    (``registry.resume_conflicts``); it is checked before any weight is loaded. The best
-    weights saved beside it are copied into this run's ``ckpt_dir`` (rank 0), so a run
-    resumed into another folder still keeps the best model seen before the interruption.
+    Its config is checked first (``checkpoint.read_for_resume``: the same as ``record`` but
+    for the length). The best weights saved beside it are copied into this run's ``ckpt_dir``
+    (rank 0), so a run resumed into another folder still keeps the best model seen before the
+    interruption.
 
     Raises:
         UserError: one line naming the file: missing, unreadable, not a training checkpoint,
             written with another config, or holding weights that do not fit the network.
     """
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"{file}: no checkpoint to resume from")
-    payload = models.load_file(file)
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(payload, dict) or k not in payload]
-    if missing:
-        raise UserError(f"{file}: not a uslearn training checkpoint (it has no {missing})")
-    saved = payload.get("config") if isinstance(payload.get("config"), dict) else {}
-    conflicts = resume_conflicts(saved, record)
-    if conflicts:
-        unit = entry(record["strategy"]).unit
-        raise UserError(
-            f"cannot resume from {file}: this run asks for {', '.join(conflicts)}; only the "
-            f"length ({unit}) may change: give the checkpoint's values, or train into a new "
-            "--out"
-        )
+    file, payload = checkpoint.read_for_resume(path, record)
     try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
