@@ -30,6 +30,7 @@ from uslearn.data.loader import load_batch
 from uslearn.strategies import evaluation
 from uslearn.strategies.common import Rows, exam_sampler, sampled_rows
 from uslearn.strategies.config import ClusteringConfig, TrainConfig
+from uslearn.strategies.distributed import gather_rows
 from uslearn.strategies.loop import Context
 
 
@@ -70,6 +71,10 @@ class ClusteringStrategy:
         # Both views in one forward pass, so BatchNorm normalises them with the same statistics.
         probs = model(batch["x"])["cluster"].float().softmax(dim=1)  # (2B, K)
         probs_a, probs_b = probs.chunk(2)
+        # M and Z are statistics of the whole batch: under DDP, of every rank's images
+        # (one collective for both views: (B_r, 2K) → (B, 2K)).
+        both = gather_rows(torch.cat([probs_a, probs_b], dim=1))
+        probs_a, probs_b = both.split(self.k, dim=1)
         loss, parts = losses.pica_loss(
             probs_a, probs_b, self.own.lam, prior=self.prior, alpha=self.own.alpha
         )
