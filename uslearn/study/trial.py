@@ -24,6 +24,7 @@ from uslearn.study.spec import Plan
 
 log = get_logger(__name__)
 Report = Callable[[dict[str, float], "str | None"], None]
+DDP_BACKEND_ENV = "USLEARN_DDP_BACKEND"  # read by the trial's driver on the head node
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def run_logged(
     report: Report,
     resume_dir: str | None,
     rank: int = 0,
+    node_tags: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Run one strategy to the end, logging to the child run on rank 0; return final metrics.
 
@@ -145,7 +147,9 @@ def run_logged(
         report: forwards ``(metrics, checkpoint_dir)`` to Tune or Train.
         resume_dir: directory of the restored checkpoint, or None for a fresh start.
         rank: DDP rank of this process (0 for in-process trials).
+        node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
+    from uslearn.data.staging import staged_dataset
     from uslearn.strategies import run
     from uslearn.study.tracking import ChildRun, finished_metrics
 
@@ -170,7 +174,10 @@ def run_logged(
             tags,
         )
         child.log_params(mlflow_params(ctx, flat))
-        child.set_tags({"out_dir": str(out_dir)})
+        child.set_tags({"out_dir": str(out_dir), **(node_tags or {})})
+        if resume_dir is not None:
+            # A retried trial (its process or node died) or a resumed study: say from where.
+            child.set_tags({"resumed_from": str(follow_pointer(resume_dir))})
 
     def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         if child is not None:
@@ -179,9 +186,11 @@ def run_logged(
         _maybe_crash(ctx, checkpoint_dir)
 
     try:
+        # A node-local copy of the image store when $USLEARN_STAGE_DIR asks for one.
+        data_path = staged_dataset(ctx.data_path, ctx.fingerprint)
         final = run(
             flat,
-            ctx.data_path,
+            data_path,
             report=on_evaluation,
             out_dir=out_dir,
             resume_from=follow_pointer(resume_dir),
@@ -214,6 +223,7 @@ def run_logged(
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune trainable: run the trial in this process or through a TorchTrainer."""
+    import ray
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -226,8 +236,27 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report(metrics, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
+    node = {"node_id/rank0": ray.get_runtime_context().get_node_id()}
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run_logged(ctx, config, trial_id, report, resume_dir)
+        run_logged(ctx, config, trial_id, report, resume_dir, node_tags=node)
+
+
+def worker_node_tags(rank: int) -> dict[str, str]:
+    """Return ``{"node_id/rank<r>": <Ray node id>}`` for every rank of this Train worker group.
+
+    A collective over the trial's process group: every rank must call it.
+    """
+    import ray
+    import torch.distributed as dist
+
+    own = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return {f"node_id/rank{rank}": own}
+    every: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, own)
+    tags = {f"node_id/rank{r}": str(node) for r, node in enumerate(every)}
+    tags["worker_nodes"] = str(len(set(every)))
+    return tags
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -239,6 +268,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     rank = ray.train.get_context().get_world_rank()
+    nodes = worker_node_tags(rank)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         run_logged(
@@ -248,13 +278,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             report,
             resume_dir,
             rank=rank,
+            node_tags=nodes,
         )
 
 
 def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> None:
     """Run the trial as a Ray Train job named after the trial id (so a retry resumes it)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = ctx.plan.resources
@@ -268,7 +299,11 @@ def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> No
             num_workers=res.workers,
             use_gpu=res.gpus_per_worker > 0,
             resources_per_worker=per_worker,
+            placement_strategy=res.placement,
         ),
+        # None: NCCL with GPUs, gloo without. A cluster whose GPUs are scheduling resources
+        # only (the local rehearsal's fake GPUs have no CUDA) sets USLEARN_DDP_BACKEND=gloo.
+        torch_config=TorchConfig(backend=os.environ.get(DDP_BACKEND_ENV) or None),
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=ctx.train_storage,
