@@ -64,6 +64,11 @@ cpus, gpus = head.pop("CPU", 0), head.pop("GPU", 0)
 print(f"--num-cpus={cpus} --num-gpus={gpus} --resources={json.dumps(head, separators=(',', ':'))}")
 EOF
 )
+        # Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (or
+        # RAY_AUTH_MODE=token); `ray status` needs the mode said explicitly, so record it.
+        auth=${RAY_AUTH_MODE:-}
+        [ -z "$auth" ] && { [ -f "$HOME/.ray/auth_token" ] && auth=token || auth=disabled; }
+        echo "$auth" > "$state/ray.auth"
         temp_flag=()
         [ -n "${RAY_TEMP_DIR:-}" ] && temp_flag=(--temp-dir "$RAY_TEMP_DIR")
         # The nodes inherit this environment (the fake provider starts them from the head's
@@ -74,7 +79,7 @@ EOF
             . "$state/env.sh"
             set +a
             unset RAY_ADDRESS
-            RAY_FAKE_CLUSTER=1 exec setsid "$bin/ray" start --head --block \
+            RAY_AUTH_MODE=$auth RAY_FAKE_CLUSTER=1 exec setsid "$bin/ray" start --head --block \
                 --port "$ray_port" \
                 --autoscaling-config "$state/autoscaling.yaml" \
                 $head_flags \
@@ -111,7 +116,7 @@ EOF
 
 Rehearsal cluster ready. From this directory:
   .venv/bin/python studies/lambda_sensitivity.py --address auto --mlflow http://127.0.0.1:$mlflow_port --profile cpu-demo --workers-per-trial 2 --num-gpus-per-trial 2 --placement STRICT_SPREAD --seeds 1 --set epochs=1
-  .venv/bin/ray status --address $node_ip:$ray_port      # nodes and resources
+  make cluster-status      # ray status: nodes and resources
   MLflow UI: http://127.0.0.1:$mlflow_port/#/experiments/0/runs?workflowType=machine_learning
   exports for your shell: . $state/env.sh
   stop everything: make cluster-down
@@ -134,12 +139,17 @@ down() {
         [ "$(cat "$state/ray.address")" = "$(cat "$address_file")" ]; then
         rm -f "$address_file"
     fi
-    rm -f "$state/ray.address"
+    rm -f "$state/ray.address" "$state/ray.auth"
 }
 
 case ${1:-} in
 up) up ;;
 down) down ;;
-status) "$bin/ray" status --address "$("$python" -c "import ray.util; print(ray.util.get_node_ip_address())"):$ray_port" ;;
+status)
+    ray_running || { echo "Ray rehearsal cluster: not running"; exit 1; }
+    node_ip=$("$python" -c "import ray.util; print(ray.util.get_node_ip_address())")
+    RAY_AUTH_MODE=$(cat "$state/ray.auth" 2>/dev/null || echo "${RAY_AUTH_MODE:-disabled}") \
+        "$bin/ray" status --address "$node_ip:$ray_port"
+    ;;
 *) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac
