@@ -117,7 +117,7 @@ EOF
 Rehearsal cluster ready. From this directory:
   .venv/bin/python studies/lambda_sensitivity.py --address auto --mlflow http://127.0.0.1:$mlflow_port --profile cpu-demo --workers-per-trial 2 --num-gpus-per-trial 2 --placement STRICT_SPREAD --seeds 1 --set epochs=1
   make cluster-status      # ray status: nodes and resources
-  MLflow UI: http://127.0.0.1:$mlflow_port/#/experiments/0/runs?workflowType=machine_learning
+  MLflow UI: http://127.0.0.1:$mlflow_port (each study prints the link to its runs table)
   exports for your shell: . $state/env.sh
   stop everything: make cluster-down
 EOF
