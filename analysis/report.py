@@ -1,10 +1,11 @@
 """One study → every figure and table its runs allow, and a self-contained HTML report.
 
-What applies is read from the runs, not from the study's name: a parameter that takes several
-values within a strategy gets a sensitivity plot (λ is Fig. 5), PICA/LSD runs give Table 1,
-label fractions with two or more arms give Fig. 6, fine-tuned or semi-supervised runs give
-Table 2, arms sharing seeds give paired tests, and a clustering checkpoint plus a dataset give
-the t-SNE figure.
+What applies is read from the runs, not from the study's name: a strategy knob (a labelled
+float field of the configs) that takes several values within a strategy gets a sensitivity
+plot (λ is Fig. 5), runs of the clustering family give Table 1, label fractions with two or
+more arms give Fig. 6, runs of the other families (they predict labels) give Table 2, arms
+sharing seeds give paired tests, and a clustering checkpoint plus a dataset give the t-SNE
+figure. Families come from the runs' ``family`` param (``analysis.runs``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from analysis import figures, stats, tables, tsne
 from analysis.runs import load, parent_run
 from uslearn.errors import UserError
 from uslearn.log import get_logger
+from uslearn.strategies.registry import hyperparameters, param_label
 
 log = get_logger(__name__)
 
-SWEEPS = ("lam", "alpha", "tau", "lambda_u")
 # Held at their most frequent value within a strategy while another one is plotted.
-HELD = (*SWEEPS, "label_fraction", "init_kind")
+HELD = (*hyperparameters(), "label_fraction", "init_kind")
 SWEEP_TITLES = {"lam": "Fig. 5: sensitivity to λ over seeds"}
 DATASET_PARAMS = ("dataset", "data", "data_dir", "dataset_path")
 
@@ -111,11 +112,11 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     frame = load(study, tracking_uri=tracking_uri, invocation=invocation)
     if "strategy" not in frame:
-        raise UserError(f"study '{study}': its runs have no 'strategy' param (DESIGN.md contract)")
+        raise UserError(f"study '{study}': its runs have no 'strategy' param (docs/CONTRACTS.md)")
     parent = parent_run(frame, tracking_uri)
     report = Report(html=out / "report.html")
     add = report.sections.append
-    for param in SWEEPS:
+    for param in hyperparameters():
         if param not in frame:
             continue
         swept = frame.groupby("strategy")[param].nunique()
@@ -123,7 +124,7 @@ def build_report(
         if runs.empty:
             continue
         runs, held = hold_fixed(runs, param)
-        title = SWEEP_TITLES.get(param, f"Sensitivity to {figures.PARAM_LABELS.get(param, param)}")
+        title = SWEEP_TITLES.get(param, f"Sensitivity to {param_label(param)}")
         fig = figures.sweep_boxplot(runs, param)
         stem = "fig5_lambda" if param == "lam" else f"fig_{param}_sensitivity"
         caption = "Boxes: quartiles over seeds; points: one run each. " + "; ".join(held)
@@ -140,13 +141,17 @@ def build_report(
                 figures.save(fig, out, "fig6_label_fraction"),
             )
         )
-    if frame["strategy"].isin(["pica", "lsd"]).any():
+    clustering = frame["family"] == "clustering"
+    if clustering.any():
         table = tables.table1(frame)
         _, which = tables.clustering_selection(frame)
-        caption = f"Table 1: PICA vs LSD on the test set (%), best (per cell) and mean over trials; {which}."
+        caption = (
+            "Table 1: deep-clustering methods on the test set (%), best (per cell) and mean "
+            f"over trials; {which}."
+        )
         add(Section("Table 1", caption, tables.write_table(table, out, "table1", caption), table))
-    if (~frame["strategy"].isin(["pica", "lsd"])).any():
-        candidates = frame[~frame["strategy"].isin(["pica", "lsd"])]
+    if (~clustering).any():
+        candidates = frame[~clustering]
         _, metric = select_best(candidates)
         table, run = tables.table2(candidates, select_by=metric)
         caption = f"Table 2: best model by {metric}: {tables.describe_run(run)}."
@@ -196,7 +201,7 @@ def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
         "strategy",
         *[
             c
-            for c in ("init_kind", "label_fraction", *SWEEPS)
+            for c in ("init_kind", "label_fraction", *hyperparameters())
             if c in frame and frame[c].nunique() > 1
         ],
     ]
@@ -215,10 +220,10 @@ def _key_text(value: object) -> str:
 def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report) -> None:
     """Add the t-SNE figure when a clustering checkpoint and a dataset are at hand.
 
-    Defaults: the ``best.pt`` artifact of the best PICA/LSD run and the dataset directory
+    Defaults: the ``best.pt`` artifact of the best clustering run and the dataset directory
     logged by the study (the parent's ``dataset`` param), when it exists on this machine.
     """
-    clustering = frame[frame["strategy"].isin(["pica", "lsd"])]
+    clustering = frame[frame["family"] == "clustering"]
     if checkpoint is None and dataset is None and clustering.empty:
         return
     run = select_best(clustering)[0] if not clustering.empty else None

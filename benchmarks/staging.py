@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from uslearn.data.dataset import CLASSES, MANIFEST, STORE, DatasetWriter  # noqa: E402
+from uslearn.data.dataset import CLASSES, MANIFEST, STORE  # noqa: E402
 from uslearn.data.staging import stage_dataset  # noqa: E402
+from uslearn.data.writer import DatasetWriter  # noqa: E402
 
 SIZE = 224  # px: the paper's image size, so MB map to images as on real data
 

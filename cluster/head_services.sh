@@ -2,7 +2,7 @@
 # The head's services and every node's environment, shared by cluster.yaml (a real cluster)
 # and cluster/up.sh (the local rehearsal), so that the two cannot drift.
 #
-#   head_services.sh env          --host H [--port P] [--shared DIR] [--stage DIR] [--venv DIR]
+#   head_services.sh env          --host H [--port P] [--storage DIR] [--stage DIR] [--venv DIR]
 #                                 [--ray-address A] [--ddp-backend B]
 #       print the `export` lines every node needs (MLflow URI, runs/data roots, staging)
 #   head_services.sh mlflow-start --host H [--port P] --state DIR --artifacts DIR [--workers N]
@@ -24,7 +24,7 @@ host=127.0.0.1
 port=${MLFLOW_PORT:-5000}
 state=""
 artifacts=""
-shared=""
+storage=""
 stage=""
 venv=""
 ray_address=""
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --port) port=$2; shift 2 ;;
         --state) state=$2; shift 2 ;;
         --artifacts) artifacts=$2; shift 2 ;;
-        --shared) shared=$2; shift 2 ;;
+        --storage) storage=$2; shift 2 ;;
         --stage) stage=$2; shift 2 ;;
         --venv) venv=$2; shift 2 ;;
         --ray-address) ray_address=$2; shift 2 ;;
@@ -72,9 +72,10 @@ case $command in
 env)
     [ -n "$venv" ] && echo "export PATH=$venv/bin:\$PATH"
     echo "export MLFLOW_TRACKING_URI=http://$host:$port"
-    if [ -n "$shared" ]; then
-        echo "export USLEARN_RUNS=$shared/runs"
-        echo "export USLEARN_DATA=$shared/data"
+    # --storage: the root every node sees (NFS/EFS on a cluster): runs/ and data/ go there.
+    if [ -n "$storage" ]; then
+        echo "export USLEARN_RUNS=$storage/runs"
+        echo "export USLEARN_DATA=$storage/data"
     fi
     # Node-local copy of the image store (uslearn/data/staging.py): random reads of a memory
     # map over NFS are slow.

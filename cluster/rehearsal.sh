@@ -45,7 +45,7 @@ up() {
     # Ray resolves 127.0.0.1 to this machine's address; every node and client must use that one.
     node_ip=$("$python" -c "import ray.util; print(ray.util.get_node_ip_address())")
     # A fake GPU has no CUDA, so the trials' process groups use gloo, not NCCL.
-    "$here/head_services.sh" env --host 127.0.0.1 --port "$mlflow_port" --shared "$root" \
+    "$here/head_services.sh" env --host 127.0.0.1 --port "$mlflow_port" --storage "$root" \
         --stage "$state/stage" --ray-address "$node_ip:$ray_port" --ddp-backend gloo \
         > "$state/env.sh"
     if ray_running; then

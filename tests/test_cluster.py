@@ -78,7 +78,8 @@ def write_study(tmp_path: Path, name: str, grid: dict | None = None) -> Path:
     path = tmp_path / f"{name}.py"
     path.write_text(
         "import sys\n"
-        "from uslearn.study import StudySpec, main\n"
+        "from uslearn.study import StudySpec\n"
+        "from uslearn.study_cli import main\n"
         f"SPEC = StudySpec(name={name!r}, title='{name} on the rehearsal cluster',\n"
         f"                 fixed={{'strategy': 'lsd', 'k': 0}}, grid={grid or {}!r}, seeds=(0,))\n"
         "if __name__ == '__main__':\n"
@@ -293,8 +294,7 @@ def test_a_restarted_mlflow_server_loses_no_trial_and_no_metric(cluster, tiny_ph
 def test_an_unreachable_mlflow_fails_in_seconds_before_the_study_touches_ray(
     cluster, tmp_path, capsys
 ):
-    from uslearn.study import main
-    from uslearn.study.cli import load_study
+    from uslearn.study_cli import load_study, main
 
     study = write_study(tmp_path, "probe_unreachable")
     spec, file = load_study(str(study))

@@ -32,8 +32,8 @@ def _global_views(data_path: str, strategy: str, seed: int = 0):
     from uslearn.data.dataset import Dataset
     from uslearn.data.loader import load_batch
     from uslearn.strategies import clustering
-    from uslearn.strategies.config import parse_config
-    from uslearn.strategies.loop import make_context
+    from uslearn.strategies.context import make_context
+    from uslearn.strategies.registry import parse_config
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     cfg, own = parse_config(
@@ -61,7 +61,7 @@ def _loss_and_grads(step, net, view_a, view_b, gather: bool = True) -> tuple[flo
         loss, _ = step.step(net, {"x": torch.cat([view_a, view_b])})
     else:  # what each rank computed before the gather: the loss of its own shard
         probs = net(torch.cat([view_a, view_b]))["cluster"].float().softmax(dim=1)
-        loss, _ = losses.pica_loss(*probs.chunk(2), 2.0, prior=step.prior, alpha=1.05)
+        loss, _ = losses.pica_loss(*probs.chunk(2), 2.0, prior=step.prior, alpha=step.alpha)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return float(loss.detach()), grads

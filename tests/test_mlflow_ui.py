@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from uslearn.study import StudySpec, main
+from uslearn.study import StudySpec
 from uslearn.study.tracking import runs_table_url
+from uslearn.study_cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,7 +56,7 @@ def test_mlflow_listens_on_the_private_address_and_every_node_knows_it():
     # The head starts the server with the script the local rehearsal uses, so they cannot drift.
     assert "cluster/head_services.sh mlflow-start" in server
     assert "0.0.0.0" not in server and "--host $(hostname -I" in server
-    assert "--artifacts /mnt/shared/mlartifacts" in server
+    assert "--artifacts /mnt/uslearn/mlartifacts" in server
     script = HEAD_SERVICES.read_text()
     assert '--backend-store-uri "sqlite:///$state/mlflow.db"' in script
     assert '--artifacts-destination "$artifacts"' in script
@@ -75,7 +75,7 @@ def test_mlflow_listens_on_the_private_address_and_every_node_knows_it():
 
 def test_every_node_gets_the_exports_of_the_shared_script():
     env = subprocess.run(
-        [str(HEAD_SERVICES), "env", "--host", "10.0.0.5", "--shared", "/mnt/shared"]
+        [str(HEAD_SERVICES), "env", "--host", "10.0.0.5", "--storage", "/mnt/uslearn"]
         + ["--stage", "/tmp/uslearn-stage", "--venv", "/home/ubuntu/venv", "--ray-address", "auto"],
         capture_output=True,
         text=True,
@@ -84,8 +84,8 @@ def test_every_node_gets_the_exports_of_the_shared_script():
     assert env == [
         "export PATH=/home/ubuntu/venv/bin:$PATH",
         "export MLFLOW_TRACKING_URI=http://10.0.0.5:5000",
-        "export USLEARN_RUNS=/mnt/shared/runs",
-        "export USLEARN_DATA=/mnt/shared/data",
+        "export USLEARN_RUNS=/mnt/uslearn/runs",
+        "export USLEARN_DATA=/mnt/uslearn/data",
         "export USLEARN_STAGE_DIR=/tmp/uslearn-stage",
         "export RAY_ADDRESS=auto",
     ]

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 
 from uslearn.errors import UserError
-from uslearn.study import StudySpec, main, tracking
+from uslearn.study import StudySpec, tracking
 from uslearn.study.runner import summary_metrics
+from uslearn.study_cli import main
 
 
 def closed_port() -> int:
@@ -98,8 +99,10 @@ def test_uslearn_train_with_an_unreachable_mlflow_fails_in_seconds(tiny_phantom,
     assert len(lines) == 1 and "not reachable" in lines[0]
 
 
-def _child(uri: str, exp_id: str, parent: str, trial: str = "t1") -> tracking.ChildRun:
-    return tracking.ChildRun(uri, exp_id, parent, trial, "cell seed=0", {"cell": "cell"})
+def _child(uri: str, exp_id: str, parent: str, trial: str = "t1") -> tracking.TrackedRun:
+    return tracking.TrackedRun(
+        uri, exp_id, "cell seed=0", {"cell": "cell"}, parent_id=parent, trial_id=trial
+    )
 
 
 def test_a_retried_trial_logs_each_step_and_its_final_metrics_once(tmp_path):

@@ -8,7 +8,7 @@ other heads (deep-clustering initialisation, strategy 4).
 
 Input is grayscale ``(B, 1, H, W)`` in [0, 1]. The default ``stem="repeat"`` normalises it with
 ImageNet's per-channel mean/std and repeats it to 3 channels: cuDNN is faster with 3 input
-channels than with 1 (GPU_NOTES.md, benchmarks/model_stem.py), and ImageNet weights load as they
+channels than with 1 (docs/GPU.md, benchmarks/model_stem.py), and ImageNet weights load as they
 are. ``stem="gray"`` is a 1-channel ``conv1`` whose ImageNet weights are the sum over RGB.
 """
 
@@ -190,14 +190,35 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Tensor], dict]:
+    """Return (file, model state dict without DDP/compile prefixes, training config) of a checkpoint.
+
+    Args:
+        path: a ``.pt`` file or a directory holding ``best.pt``/``checkpoint.pt``; the file is a
+            dict whose ``"model"`` entry is a ``Network`` state dict (and whose ``"config"`` is
+            the run's ``TrainConfig`` as a dict: ``{}`` when absent); a bare ``Network`` state
+            dict is accepted too.
+
+    Raises:
+        UserError: nothing there, an unreadable file, or no state dict in it.
+    """
+    file = checkpoint_file(path)
+    payload = _torch_load(file)
+    config = {}
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
+        raise UserError(f"{file}: expected a dict with a 'model' state dict")
+    return file, _strip_wrappers(payload), config
+
+
 def load_backbone(network: Network, path: str | Path) -> dict[str, list[str]]:
     """Load the backbone of a clustering checkpoint into network, dropping its heads.
 
     Args:
         network: the model to initialise; its heads are left as they are.
-        path: a ``.pt`` file or a directory holding ``best.pt``/``checkpoint.pt``; the file is a
-            dict whose ``"model"`` entry is a ``Network`` state dict (a bare ``Network`` state
-            dict is accepted too). DDP/compile key prefixes are stripped.
+        path: a checkpoint (see ``read_checkpoint``).
 
     Returns:
         ``{"missing": [...], "unexpected": [...], "mismatched": [...]}`` backbone keys (without
@@ -208,19 +229,44 @@ def load_backbone(network: Network, path: str | Path) -> dict[str, list[str]]:
     Raises:
         UserError: unreadable file, no ``"model"`` state dict, or no backbone tensor fits.
     """
-    file = checkpoint_file(path)
-    payload = _torch_load(file)
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
-        raise UserError(f"{file}: expected a dict with a 'model' state dict")
-    state = _strip_wrappers(payload)
+    file, state, _ = read_checkpoint(path)
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
         raise UserError(
             f"{file}: no 'backbone.*' entries in its model state dict (keys: {list(state)[:3]})"
         )
     return _load_into_backbone(network, backbone, str(file))
+
+
+def load_network(path: str | Path, head: str | None = None) -> tuple[Network, dict]:
+    """Return the whole network saved in a checkpoint (in eval mode) and its training config.
+
+    Head names and sizes and the stem are read from the state dict, so any checkpoint the
+    training loop wrote loads without knowing its strategy.
+
+    Args:
+        path: a checkpoint (see ``read_checkpoint``).
+        head: a head the network must have (e.g. ``"cluster"``), or None.
+
+    Raises:
+        UserError: unreadable checkpoint, ``head`` missing, or a state dict that does not fit.
+    """
+    file, state, config = read_checkpoint(path)
+    heads = {
+        k.split(".")[1]: int(v.shape[0])
+        for k, v in state.items()
+        if k.startswith("heads.") and k.endswith(".weight")
+    }
+    if head is not None and head not in heads:
+        raise UserError(f"{file}: its model has heads {sorted(heads)}, no '{head}' head")
+    conv1 = state.get("backbone.conv1.weight")
+    stem = "gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat"
+    try:
+        network = Network(heads, stem=stem)
+        network.load_state_dict(state)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"{file}: not a uslearn network checkpoint ({err})") from err
+    return network.eval(), config
 
 
 def imagenet_weights_file() -> Path:

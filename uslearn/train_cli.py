@@ -10,28 +10,30 @@ import typing
 from pathlib import Path
 
 from uslearn.config import load_yaml
-from uslearn.strategies.config import STRATEGY_NAMES, ClusteringConfig, FixMatchConfig, TrainConfig
+from uslearn.strategies.registry import STRATEGY_NAMES, config_classes
 
 # Flags whose name in the issue/paper differs from the config field.
 ALIASES = {"image_size": ["--size"]}
 _SKIP = {"strategy", "workers"}
 
 
-def _config_fields() -> list[tuple[type, dataclasses.Field]]:
-    """Return every (config class, field) that ``uslearn train`` exposes as a flag."""
-    return [
-        (cls, f)
-        for cls in (TrainConfig, ClusteringConfig, FixMatchConfig)
-        for f in dataclasses.fields(cls)
-        if f.name not in _SKIP
-    ]
+def _config_fields() -> dict[str, tuple[dataclasses.Field, type, list[str]]]:
+    """Return field name -> (field, its type, the strategies that read it), registry order."""
+    out: dict[str, tuple[dataclasses.Field, type, list[str]]] = {}
+    for strategy in STRATEGY_NAMES:
+        for cls in config_classes(strategy):
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if f.name not in _SKIP:
+                    out.setdefault(f.name, (f, hints[f.name], []))[2].append(strategy)
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``uslearn train`` to the top-level parser."""
     parser = sub.add_parser(
         "train",
-        help="Train one strategy (pica, lsd, supervised, fixmatch_one, fixmatch_two) on a dataset directory.",
+        help=f"Train one strategy ({', '.join(STRATEGY_NAMES)}) on a dataset directory.",
         description=(
             "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
             "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
@@ -70,21 +72,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="DDP processes on this machine (gloo on CPU, nccl on GPUs); --batch-exams is per process",
     )
     group = parser.add_argument_group(
-        "run configuration (defaults in parentheses; strategy-specific keys apply to their strategy only)"
+        "run configuration (default; the strategies that read it, when not all of them)"
     )
     fields = _config_fields()
-    hints: dict[str, typing.Any] = {}
-    for cls, f in fields:
-        hints.update(typing.get_type_hints(cls))
-        flag = "--" + f.name.replace("_", "-")
-        doc = f"{cls.__name__}.{f.name} ({f.default})"
-        if hints[f.name] is bool:
+    for name, (f, kind, strategies) in fields.items():
+        flag = "--" + name.replace("_", "-")
+        readers = "" if len(strategies) == len(STRATEGY_NAMES) else f"; {', '.join(strategies)}"
+        doc = f"({f.default}{readers})"
+        if kind is bool:
             group.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc
             )
         else:
-            group.add_argument(flag, *ALIASES.get(f.name, []), dest=f.name, default=None, help=doc)
-    parser.set_defaults(func=_train, _config_fields=[f.name for _, f in fields])
+            group.add_argument(flag, *ALIASES.get(name, []), dest=name, default=None, help=doc)
+    parser.set_defaults(func=_train, _config_fields=list(fields))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -132,32 +133,8 @@ def _train(args: argparse.Namespace) -> int:
     elif args.mlflow is None:
         final = run(config, args.data, report=show, out_dir=args.out, resume_from=resume_from)
     else:
-        import mlflow
-
-        from uslearn.data.dataset import Dataset
-
-        data = Dataset.open(args.data)
-        mlflow.set_tracking_uri(args.mlflow)
-        mlflow.set_experiment(args.experiment)
-        with mlflow.start_run(run_name=f"{args.strategy}-seed{resolved['seed']}"):
-            mlflow.log_params({**resolved, "dataset_fingerprint": data.fingerprint})
-
-            def log(metrics: dict[str, float], checkpoint: str | None) -> None:
-                show(metrics, checkpoint)
-                mlflow.log_metrics(metrics, step=int(metrics["step"]))
-
-            final = run(config, data, report=log, out_dir=args.out, resume_from=resume_from)
-            mlflow.log_metrics(final)
-            for name in (
-                "metrics.json",
-                "config.json",
-                "thresholds.json",
-                "per_class.csv",
-                "cluster_labels.csv",
-                "best.pt",
-            ):
-                if (args.out / name).is_file():
-                    mlflow.log_artifact(str(args.out / name))
+        run_name = f"{args.strategy}-seed{resolved['seed']}"
+        final = _run_tracked(args, config, run_name, show, resume_from)
     import pandas as pd
 
     report = pd.read_csv(args.out / "per_class.csv", index_col="class")
@@ -172,3 +149,21 @@ def _train(args: argparse.Namespace) -> int:
     if not final:
         raise UserError("training returned no metrics")
     return 0
+
+
+def _run_tracked(
+    args: argparse.Namespace, config: dict, run_name: str, show, resume_from
+) -> dict[str, float]:
+    """Train with one MLflow run, logged by the same path as a study's trials; return metrics."""
+    from uslearn.data.dataset import Dataset
+    from uslearn.study import tracking
+
+    data = Dataset.open(args.data)
+    tracked = tracking.TrackedRun(
+        args.mlflow,
+        tracking.experiment_id(args.mlflow, args.experiment),
+        run_name,
+        {"git_sha": tracking.git_sha()},
+    )
+    tracked.log_params(tracking.run_params(config, data.fingerprint))
+    return tracking.tracked_run(tracked, config, data, args.out, show, resume_from)

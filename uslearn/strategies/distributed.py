@@ -76,7 +76,7 @@ def _free_port() -> int:
 def _worker(
     rank: int, world_size: int, port: int, config: dict, data: str, out_dir: str, queue
 ) -> None:
-    from uslearn.strategies.registry import run
+    from uslearn.strategies.runner import run
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
     use_cuda = torch.cuda.is_available() and config.get("device", "auto") != "cpu"

@@ -22,6 +22,40 @@ EVAL_BATCH = 256
 
 
 @torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    data: Dataset,
+    rows: np.ndarray,
+    size: int,
+    device: torch.device,
+    amp_dtype=None,
+    features: bool = False,
+) -> dict[str, np.ndarray]:
+    """Return every head's (N, n) float32 logits for dataset ``rows`` (eval mode, no augmentation).
+
+    Args:
+        model: a ``uslearn.models.Network`` (not wrapped in DDP or ``torch.compile``).
+        size: the side the network sees (``augment.to_input`` resizes the stored images).
+        features: also return the (N, 512) backbone features under ``"features"``.
+    """
+    was_training = model.training
+    model.eval()
+    outputs: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(rows), EVAL_BATCH):
+        x = augment.to_input(
+            load_batch(data.images, rows[start : start + EVAL_BATCH], device=device), size
+        )
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            feats = model.features(x)  # (B, 512)
+            batch = {**model.head(feats), **({"features": feats} if features else {})}
+        for name, value in batch.items():
+            outputs.setdefault(name, []).append(value.float().cpu())
+    model.train(was_training)
+    return {name: torch.cat(parts).numpy() for name, parts in outputs.items()}
+
+
 def predict_logits(
     model: torch.nn.Module,
     data: Dataset,
@@ -31,22 +65,10 @@ def predict_logits(
     device: torch.device,
     amp_dtype=None,
 ) -> np.ndarray:
-    """Return the (N, K) float32 logits of ``head`` for dataset ``rows`` (eval mode, no augmentation)."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in range(0, len(rows), EVAL_BATCH):
-        x = augment.to_input(
-            load_batch(data.images, rows[start : start + EVAL_BATCH], device=device), size
-        )
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs.append(model(x)[head].float().cpu())
-    model.train(was_training)
-    if not outputs:
-        return np.zeros((0, 0), np.float32)
-    return torch.cat(outputs).numpy()
+    """Return the (N, K) float32 logits of ``head`` for dataset ``rows`` ((0, 0) for no rows)."""
+    return predict(model, data, rows, size, device, amp_dtype).get(
+        head, np.zeros((0, 0), np.float32)
+    )
 
 
 def weighted_f1(val_scores: np.ndarray, y_val: np.ndarray) -> float:
@@ -69,7 +91,7 @@ def test_report(
 
 
 def report_metrics(report: pd.DataFrame, prefix: str = "test") -> dict[str, float]:
-    """Return the MLflow-contract metric names for a report frame (DESIGN.md)."""
+    """Return the MLflow-contract metric names for a report frame (docs/CONTRACTS.md)."""
     out = {
         f"{prefix}/{m}_weighted": float(report.loc["weighted", m])
         for m in ("f1", "precision", "recall")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from uslearn.strategies.registry import ENTRIES
 from uslearn.study.resources import (
     STARTUP_S,
     concurrency,
@@ -41,9 +42,16 @@ def trial_table(plan: Plan) -> pd.DataFrame:
     for cell in plan.cells:
         row: dict[str, Any] = {"cell": cell.name}
         row.update({k: _short(cell.overrides.get(k, plan.base.get(k, ""))) for k in swept})
+        row["length"] = _length(plan.trial_config({"cell": cell.name, "seed": plan.seeds[0]}))
         row["seeds"] = ",".join(map(str, plan.seeds))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _length(config: Mapping[str, Any]) -> str:
+    """Return a trial's run length with its unit, e.g. ``3 epochs``."""
+    strategy = ENTRIES.get(config.get("strategy"))
+    return f"{strategy.length(config)} {strategy.unit}" if strategy else "?"
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -102,6 +110,8 @@ def describe(
             f"no pruner, ranked by {spec.metric} ({spec.mode})"
         )
     lines += ["", trial_table(plan).to_string(index=False), ""]
+    if plan.is_search:
+        lines.append(f"length: {_length(plan.trial_config({}))} per trial")
     shared = ", ".join(f"{k}={v}" for k, v in sorted(plan.base.items()))
     lines.append(f"shared config: {shared}")
     where = (

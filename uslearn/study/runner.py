@@ -29,7 +29,6 @@ from uslearn.study.trial import TrialContext, trial_name, tune_trial
 log = get_logger(__name__)
 STATE_FILE = "study.json"  # in the Tune experiment folder: what --resume needs to continue
 DRIVER_RESOURCE = "TRAIN_DRIVER"  # custom resource the per-trial Train driver asks for
-CRASH_ENV = "USLEARN_STUDY_CRASH_ONCE"  # test hook: see TrialContext.crash_once
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
     """Connect to Ray (``address``, ``$RAY_ADDRESS`` or a new local Ray); return its resources.
 
     A local Ray gets the custom ``TRAIN_DRIVER`` resource that GPU/DDP trials' driver functions
-    ask for, so the CPUs and GPUs stay for the Train workers (RAY_NOTES.md).
+    ask for, so the CPUs and GPUs stay for the Train workers (docs/RAY_MLFLOW.md).
 
     Raises:
         UserError: a cluster without ``TRAIN_DRIVER`` when trials need Ray Train.
@@ -100,7 +99,13 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
         else:
             # The dashboard (ray[default]) is what frees the Train workers of a trial stopped
             # early; in-process trials have none, so skip its start-up time and memory.
-            ray.init(resources={DRIVER_RESOURCE: 1}, include_dashboard=mode == "train")
+            # address="local": a new Ray, as documented; without it ray.init joins any Ray
+            # already running on this machine (someone else's, without TRAIN_DRIVER).
+            ray.init(
+                address="local",
+                resources={DRIVER_RESOURCE: 1},
+                include_dashboard=mode == "train",
+            )
     resources = dict(ray.cluster_resources())
     if mode == "train" and resources.get(DRIVER_RESOURCE, 0) <= 0:
         raise UserError(
@@ -201,16 +206,22 @@ def _search_config(plan: Plan, parallel: int, name_fn):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from uslearn.strategies.registry import UNITS, entry
+
     spec, search = plan.spec, plan.spec.search
     # TPE learns from finished trials: too many at once and it degenerates to random search.
     searcher = ConcurrencyLimiter(OptunaSearch(seed=plan.seeds[0]), max_concurrent=parallel)
     scheduler = None
     if search.asha:
-        evaluations = int(plan.base.get("epochs", 100)) + 1  # one report per epoch + final
+        # Time runs in the strategy's own unit (epochs or steps), read from the metric the loop
+        # reports at every evaluation. max_t lies past the run's length so that ASHA never stops
+        # a trial at its last evaluation, before its test metrics.
+        strategy = entry(plan.trial_config({})["strategy"])
+        length = strategy.length(plan.trial_config({}))
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=evaluations,
-            grace_period=min(search.grace_period, evaluations),
+            time_attr=UNITS[strategy.unit],
+            max_t=length + 1,
+            grace_period=min(search.grace_period, length),
         )
     return tune.TuneConfig(
         metric=spec.metric,
@@ -285,7 +296,6 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         out_root=str(inv.exp_dir / "outputs"),
         train_storage=str(inv.exp_dir / "train"),
         tags=tags,
-        crash_once=os.environ.get(CRASH_ENV) or None,
     )
     log.info(
         "study %s: %d trials, %d at a time, parent MLflow run %s",

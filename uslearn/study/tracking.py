@@ -1,8 +1,9 @@
-"""MLflow for studies: one parent run per study invocation, one child run per trial.
+"""MLflow for training runs: one parent run per study invocation, one child run per trial, and
+the single path that logs a training run (a study trial or ``uslearn train --mlflow``).
 
 Everything goes through ``MlflowClient`` with explicit run ids, never the fluent API's
 "active run": trials run in threads of Ray actors, and a restored or retried trial must find
-its existing child run (tag ``trial_id``) instead of opening a duplicate (DESIGN.md contract).
+its existing child run (tag ``trial_id``) instead of opening a duplicate (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,6 +30,16 @@ PARAM_BATCH = 100  # MLflow's limit on params per log_batch call
 PROBE_TIMEOUT_S = 5.0
 # Set in the same log_batch as a trial's final metrics: a retried trial logs them only once.
 FINAL_TAG = "final_metrics_logged"
+# What ``uslearn.strategies.run`` writes into its out_dir; only these are uploaded.
+RUN_FILES = (
+    "metrics.json",
+    "config.json",
+    "thresholds.json",
+    "per_class.csv",
+    "history.json",
+    "best.pt",
+    "cluster_labels.csv",
+)
 
 
 def git_sha(cwd: str | Path | None = None) -> str:
@@ -234,41 +245,54 @@ def finished_metrics(
     return dict(run.data.metrics) if run.info.status == "FINISHED" else None
 
 
-class ChildRun:
-    """The MLflow child run of one trial; created once, reused by retries and resumes.
+def run_params(config: Mapping[str, Any], fingerprint: str, **extra: Any) -> dict[str, Any]:
+    """Return a training run's params: the resolved config (with ``init_kind`` and ``family``),
+    the dataset fingerprint and ``extra`` (a trial adds its ``profile``)."""
+    from uslearn.strategies import resolved_config
+
+    return {**resolved_config(dict(config)), "dataset_fingerprint": fingerprint, **extra}
+
+
+class TrackedRun:
+    """The MLflow run of one training run: a study trial's child run or a standalone run.
+
+    A trial's run (``parent_id`` and ``trial_id`` given) is created once and reused by the
+    trial's retries and resumes; a standalone run (``uslearn train --mlflow``) is always new.
 
     Args:
-        tracking_uri: the study's tracking URI.
-        exp_id: the study's experiment id.
-        parent_id: the study's parent run id.
-        trial_id: the Tune trial id (stable across restore and retries).
-        run_name: a readable name (the cell and seed).
+        tracking_uri: the tracking URI.
+        exp_id: the experiment id.
+        run_name: a readable name (a trial's cell and seed).
         tags: extra tags (``study``, ``cell``, ``git_sha``, ``dataset_fingerprint``, ...).
+        parent_id: the study's parent run id (None for a standalone run).
+        trial_id: the Tune trial id, stable across restore and retries (None: standalone).
     """
 
     def __init__(
         self,
         tracking_uri: str,
         exp_id: str,
-        parent_id: str,
-        trial_id: str,
         run_name: str,
         tags: Mapping[str, str],
+        parent_id: str | None = None,
+        trial_id: str | None = None,
     ):
         self.mlc = client(tracking_uri)
-        existing = find_child(tracking_uri, exp_id, parent_id, trial_id)
+        existing = None
+        if parent_id is not None and trial_id is not None:
+            existing = find_child(tracking_uri, exp_id, parent_id, trial_id)
         self.last_step = -math.inf
         self.final_logged = False
         if existing is None:
-            all_tags = {
-                "mlflow.parentRunId": parent_id,
-                "study_run_id": parent_id,
-                "trial_id": trial_id,
-                "uslearn_version": __version__,
-                **tags,
-            }
+            study_tags = (
+                {"mlflow.parentRunId": parent_id, "study_run_id": parent_id, "trial_id": trial_id}
+                if parent_id is not None
+                else {}
+            )
+            all_tags = {**study_tags, "uslearn_version": __version__, **tags}
             self.run_id = self.mlc.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
-            self.run_id = _one_child(self.mlc, exp_id, parent_id, trial_id, self.run_id)
+            if parent_id is not None:
+                self.run_id = _one_child(self.mlc, exp_id, parent_id, trial_id, self.run_id)
         else:
             self.run_id = existing
             self.mlc.update_run(existing, status="RUNNING")
@@ -280,7 +304,7 @@ class ChildRun:
             log.info("trial %s: continuing MLflow run %s", trial_id, existing)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log the trial's params (identical values may be logged again on a retry)."""
+        """Log the run's params (identical values may be logged again on a retry)."""
         log_params(self.mlc, self.run_id, params)
 
     def log_metrics(self, metrics: Mapping[str, float], final: bool = False) -> None:
@@ -312,17 +336,17 @@ class ChildRun:
 
     def log_artifacts(self, out_dir: str | Path) -> None:
         """Upload the run's output files (metrics, thresholds, per-class table, best weights)."""
-        files = [p for p in Path(out_dir).iterdir() if p.is_file()]
-        for path in files:
-            self.mlc.log_artifact(self.run_id, str(path))
+        for name in RUN_FILES:
+            if (Path(out_dir) / name).is_file():
+                self.mlc.log_artifact(self.run_id, str(Path(out_dir) / name))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set tags on the child run."""
+        """Set tags on the run."""
         for key, value in tags.items():
             self.mlc.set_tag(self.run_id, key, str(value))
 
     def finish(self, status: str) -> None:
-        """End the child run with ``status``."""
+        """End the run with ``status``."""
         self.mlc.set_terminated(self.run_id, status=status)
 
 
@@ -368,6 +392,43 @@ def ui_hint(tracking_uri: str, experiment_id: str | None = None) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then open {url}"
 
 
-def env_tracking_uri() -> str | None:
-    """Return ``$MLFLOW_TRACKING_URI`` if set."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+def tracked_run(
+    tracked: TrackedRun | None,
+    config: Mapping[str, Any],
+    data: Any,
+    out_dir: Path,
+    report: Callable[[dict[str, float], str | None], None],
+    resume_from: str | None = None,
+) -> dict[str, float]:
+    """Run one strategy (``uslearn.strategies.run``) and log it to ``tracked``; return its metrics.
+
+    Every evaluation's metrics go to MLflow, then to ``report``; at the end the final metrics
+    and the output files, and the run ends FINISHED. A run that raises ends FAILED, one that
+    Tune's scheduler stops (SystemExit at a report) KILLED with the tag ``stopped_early``.
+    ``tracked`` is None on DDP ranks other than 0: they train but do not log.
+    """
+    from uslearn.strategies import run
+
+    def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        if tracked is not None:
+            tracked.log_metrics(metrics)
+        report(metrics, checkpoint_dir)
+
+    try:
+        final = run(
+            dict(config), data, report=on_evaluation, out_dir=out_dir, resume_from=resume_from
+        )
+    except SystemExit:
+        if tracked is not None:
+            tracked.set_tags({"stopped_early": "by the Tune scheduler"})
+            tracked.finish("KILLED")
+        raise
+    except BaseException:
+        if tracked is not None:
+            tracked.finish("FAILED")
+        raise
+    if tracked is not None:
+        tracked.log_metrics(final, final=True)
+        tracked.log_artifacts(out_dir)
+        tracked.finish("FINISHED")
+    return final

@@ -1,8 +1,10 @@
 """The study command line: ``python studies/<name>.py [flags]`` or ``uslearn study <name> [flags]``.
 
 Every study script ends with ``sys.exit(main(SPEC, __file__))`` (or a builder function in place
-of ``SPEC`` when the spec depends on what exists, e.g. a deep-clustering checkpoint). Heavy
-imports (ray, torch, mlflow) stay inside functions so ``--help`` is instant.
+of ``SPEC`` when the spec depends on what exists, e.g. a deep-clustering checkpoint). It lives
+outside ``uslearn/study`` (as ``train_cli.py`` lives outside the strategies) because it runs a
+study and then its analysis report: the study room never imports the analysis. Heavy imports
+(ray, torch, mlflow) stay inside functions so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from uslearn.study.resources import PLACEMENTS, Resources
 from uslearn.study.spec import PROFILES, StudySpec
 
 StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
-STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -239,7 +241,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     data_path = session.data_path(args, state, plan)
     if args.dry_run:
         cluster = session.cluster_resources(args.address)
-        counts, per_exam = session.split_counts(data_path)
+        counts, per_exam = session.dataset_counts(data_path)
         print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
         return 0
     from uslearn.study.runner import Invocation, execute, new_exp_dir
@@ -266,8 +268,37 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         command=getattr(args, "invocation", ""),
     )
     frame = execute(plan, inv, args.address)
-    print(session.footer(plan, inv, frame, report=not args.no_report))
+    print(session.footer(plan, inv, frame))
+    if not args.no_report:
+        print("\n".join(report_lines(spec.name, inv)))
     return 0 if (frame["status"] == "ok").all() else 1
+
+
+def report_lines(study: str, inv) -> list[str]:
+    """Write the analysis report of this invocation; return the lines naming its files."""
+    import json
+
+    from analysis.report import build_report
+    from uslearn.study.runner import STATE_FILE
+
+    parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
+    try:
+        report = build_report(
+            study,
+            inv.exp_dir / "report",
+            inv.tracking_uri,
+            invocation=parent,
+            dataset=inv.data_path,
+        )
+    except UserError as err:
+        return [f"report: not written ({err})"]
+    lines = [f"report: {report.html}"]
+    for section in report.sections:
+        figures = [str(p) for p in section.files if p.suffix == ".png"]
+        if figures:
+            lines.append(f"  {section.title}: {', '.join(figures)}")
+    lines += [f"  note: {n}" for n in report.notes]
+    return lines
 
 
 def load_study(name: str) -> tuple[StudyLike, str]:
