@@ -131,6 +131,10 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("--resume continues the run in --out, --overwrite replaces it: give one")
     _check_init(resolved["init"])
     check_out(args.out, args.resume, args.overwrite)
+    if args.mlflow is not None:
+        from uslearn.study.tracking import probe
+
+        probe(args.mlflow)  # seconds, not MLflow's minutes of retries, for a wrong URI
     data = Dataset.open(args.data)
     if args.verify_data != "none":
         print(data.verify(args.verify_data), file=sys.stderr)
