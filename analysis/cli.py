@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from uslearn.config import finite_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="t",
         help="confidence interval over seeds: Student t (default) or percentile bootstrap",
     )
-    parser.add_argument("--level", type=float, default=0.95, help="interval coverage (0.95)")
+    parser.add_argument("--level", type=finite_float, default=0.95, help="interval coverage (0.95)")
     parser.add_argument(
         "--invocation",
         default="latest",
@@ -50,12 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report; print where it is; return 0."""
-    from analysis.report import build_report
     from uslearn.errors import UserError
-    from uslearn.paths import runs_dir
+    from uslearn.paths import default_tracking_uri, runs_dir
 
     if not 0.0 < args.level < 1.0:
         raise UserError(f"--level {args.level}: expected a coverage in (0, 1), e.g. 0.95")
+    _require_store(args.tracking_uri or default_tracking_uri())
+    from analysis.report import build_report
+
     out = args.out or runs_dir() / "reports" / args.study
     report = build_report(
         args.study,
@@ -72,3 +77,18 @@ def run(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
+
+
+def _require_store(uri: str) -> None:
+    """Refuse a sqlite store that does not exist or is empty: MLflow would create one."""
+    from uslearn.errors import UserError
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if path == ":memory:" or (os.path.isfile(path) and os.path.getsize(path) > 0):
+        return
+    raise UserError(
+        f"no MLflow store at {path} (no runs yet, or another --tracking-uri / "
+        "$MLFLOW_TRACKING_URI); nothing was created"
+    )

@@ -18,38 +18,22 @@ import seaborn as sns  # noqa: E402
 
 from analysis.stats import METRIC, method_text, summarize  # noqa: E402
 from uslearn.errors import UserError  # noqa: E402
+from uslearn.strategies.registry import ENTRIES, param_label  # noqa: E402
 
-_PALETTE = sns.color_palette("colorblind", 8)
-# One colour per strategy, fixed here so every figure agrees (STRATEGIES contract order).
-COLOURS = {
-    "pica": _PALETTE[0],
-    "lsd": _PALETTE[1],
-    "supervised": _PALETTE[7],
-    "fixmatch_one": _PALETTE[2],
-    "fixmatch_two": _PALETTE[4],
-}
-STRATEGY_NAMES = {
-    "pica": "PICA",
-    "lsd": "LSD",
-    "supervised": "Supervised",
-    "fixmatch_one": "One-Head",
-    "fixmatch_two": "Two-Head",
-}
+_PALETTE = sns.color_palette("colorblind", 10)
+# One colour and one display name per strategy, from the registry, so every figure agrees;
+# strategies are drawn in registry order.
+COLOURS = {name: _PALETTE[e.colour] for name, e in ENTRIES.items()}
+STRATEGY_NAMES = {name: e.label for name, e in ENTRIES.items()}
 INIT_NAMES = {"imagenet": "ImageNet", "clustering": "DC", "random": "random"}
 # Initialisation is drawn by line style and marker (DC solid, the paper's proposal).
 INIT_STYLES = {"clustering": ("-", "o"), "imagenet": ("--", "s"), "random": (":", "^")}
-PARAM_LABELS = {
-    "lam": "λ (weight of the cluster-size term)",
-    "alpha": "α (Dirichlet concentration of the LSD prior)",
-    "tau": "τ (FixMatch confidence threshold)",
-    "lambda_u": "λ_u (weight of the unlabelled loss)",
-}
 Y_LABEL = "Test F1-score, weighted average (%)"
 DPI = 200
 
 
 def colour(strategy: str) -> tuple[float, float, float]:
-    """Return the colour of a strategy (grey for one the contract does not name)."""
+    """Return the colour of a strategy (grey for one the registry does not name)."""
     return COLOURS.get(strategy, (0.4, 0.4, 0.4))
 
 
@@ -126,8 +110,8 @@ def sweep_boxplot(
             ax.set_xscale("log")
     seeds = data.groupby(["arm", param]).size()
     count = f"{seeds.min()}" + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
-    symbol = PARAM_LABELS.get(param, param).split(" (")[0]
-    ax.set_xlabel(PARAM_LABELS.get(param, param))
+    symbol = param_label(param).split(" (")[0]
+    ax.set_xlabel(param_label(param))
     ax.set_ylabel(Y_LABEL)
     runs = "run" if count == "1" else "runs"
     detail = f"{count} {runs} per box" if len(values) <= max_boxes else "one point per run"

@@ -229,10 +229,13 @@ def contact_sheet(
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (folders created); return the path."""
+    """Write ``fig`` as a PNG at ``path`` (folders created), replaced whole; return the path."""
+    from uslearn import files
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+    with files.replacing(path, "the figure") as handle:
+        fig.savefig(handle, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return path
 
 
@@ -253,7 +256,7 @@ def fig7_of_run(
     from uslearn.inference.output import RowView, labelled
     from uslearn.inference.score import score_source
     from uslearn.inference.sources import from_dataset
-    from uslearn.inference.tracking import open_model
+    from uslearn.study.logged_models import open_model
 
     package = open_model(f"runs:/{run_id}", tracking_uri)
     data = Dataset.open(dataset)

@@ -1,10 +1,12 @@
 """One study → every figure and table its runs allow, and a self-contained HTML report.
 
-What applies is read from the runs, not from the study's name: a parameter that takes several
-values within a strategy gets a sensitivity plot (λ is Fig. 5), PICA/LSD runs give Table 1,
-label fractions with two or more arms give Fig. 6, fine-tuned or semi-supervised runs give
-Table 2, arms sharing seeds give paired tests, a clustering checkpoint plus a dataset give
-the t-SNE figure, and the best run's logged model plus the dataset give Fig. 7.
+What applies is read from the runs, not from the study's name: a strategy knob (a labelled
+float field of the configs) that takes several values within a strategy gets a sensitivity
+plot (λ is Fig. 5), runs of the clustering family give Table 1, label fractions with two or
+more arms give Fig. 6, runs of the other families (they predict labels) give Table 2, arms
+sharing seeds give paired tests, a clustering checkpoint plus a dataset give the t-SNE
+figure, and the best run's logged model plus the dataset give Fig. 7. Families come from the
+runs' ``family`` param (``analysis.runs``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from analysis import figures, gallery, stats, tables, tsne
 from analysis.runs import load, parent_run
 from uslearn.errors import UserError
 from uslearn.log import get_logger
+from uslearn.strategies.registry import hyperparameters, param_label
 
 log = get_logger(__name__)
 
-SWEEPS = ("lam", "alpha", "tau", "lambda_u")
 # Held at their most frequent value within a strategy while another one is plotted.
-HELD = (*SWEEPS, "label_fraction", "init_kind")
+HELD = (*hyperparameters(), "label_fraction", "init_kind")
 SWEEP_TITLES = {"lam": "Fig. 5: sensitivity to λ over seeds"}
 DATASET_PARAMS = ("dataset", "data", "data_dir", "dataset_path")
 
@@ -97,7 +99,7 @@ def build_report(
         method, level: confidence interval of Fig. 6 and the summary (``"t"``/``"bootstrap"``).
         invocation: which parent run (see ``analysis.runs.load``).
         checkpoint, dataset: inputs of the t-SNE figure; by default the best clustering run's
-            ``.pt`` artifact and the dataset path it logged, when both can be found. The
+            kept weights and the dataset path it logged, when both can be found. The
             dataset's test split also gives Fig. 7 (the best run's model on it).
         log_to_mlflow: log ``out_dir`` to the parent run as artifacts under ``report/``.
 
@@ -112,11 +114,11 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     frame = load(study, tracking_uri=tracking_uri, invocation=invocation)
     if "strategy" not in frame:
-        raise UserError(f"study '{study}': its runs have no 'strategy' param (DESIGN.md contract)")
+        raise UserError(f"study '{study}': its runs have no 'strategy' param (docs/CONTRACTS.md)")
     parent = parent_run(frame, tracking_uri)
     report = Report(html=out / "report.html")
     add = report.sections.append
-    for param in SWEEPS:
+    for param in hyperparameters():
         if param not in frame:
             continue
         swept = frame.groupby("strategy")[param].nunique()
@@ -124,7 +126,7 @@ def build_report(
         if runs.empty:
             continue
         runs, held = hold_fixed(runs, param)
-        title = SWEEP_TITLES.get(param, f"Sensitivity to {figures.PARAM_LABELS.get(param, param)}")
+        title = SWEEP_TITLES.get(param, f"Sensitivity to {param_label(param)}")
         fig = figures.sweep_boxplot(runs, param)
         stem = "fig5_lambda" if param == "lam" else f"fig_{param}_sensitivity"
         caption = "Boxes: quartiles over seeds; points: one run each. " + "; ".join(held)
@@ -141,13 +143,17 @@ def build_report(
                 figures.save(fig, out, "fig6_label_fraction"),
             )
         )
-    if frame["strategy"].isin(["pica", "lsd"]).any():
+    clustering = frame["family"] == "clustering"
+    if clustering.any():
         table = tables.table1(frame)
         _, which = tables.clustering_selection(frame)
-        caption = f"Table 1: PICA vs LSD on the test set (%), best (per cell) and mean over trials; {which}."
+        caption = (
+            "Table 1: deep-clustering methods on the test set (%), best (per cell) and mean "
+            f"over trials; {which}."
+        )
         add(Section("Table 1", caption, tables.write_table(table, out, "table1", caption), table))
-    if (~frame["strategy"].isin(["pica", "lsd"])).any():
-        candidates = frame[~frame["strategy"].isin(["pica", "lsd"])]
+    if (~clustering).any():
+        candidates = frame[~clustering]
         _, metric = select_best(candidates)
         table, run = tables.table2(candidates, select_by=metric)
         caption = f"Table 2: best model by {metric}: {tables.describe_run(run)}."
@@ -198,7 +204,7 @@ def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
         "strategy",
         *[
             c
-            for c in ("init_kind", "label_fraction", *SWEEPS)
+            for c in ("init_kind", "label_fraction", *hyperparameters())
             if c in frame and frame[c].nunique() > 1
         ],
     ]
@@ -217,10 +223,14 @@ def _key_text(value: object) -> str:
 def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report) -> None:
     """Add the t-SNE figure when a clustering checkpoint and a dataset are at hand.
 
-    Defaults: the ``best.pt`` artifact of the best PICA/LSD run and the dataset directory
-    logged by the study (the parent's ``dataset`` param), when it exists on this machine.
+    Defaults: the kept weights (``best.pt`` of its MLflow model) of the best clustering run
+    and the dataset directory logged by the study (the parent's ``dataset`` param), when it
+    exists on this machine.
     """
-    clustering = frame[frame["strategy"].isin(["pica", "lsd"])]
+    from uslearn.paths import default_tracking_uri
+    from uslearn.study.logged_models import run_weights
+
+    clustering = frame[frame["family"] == "clustering"]
     if checkpoint is None and dataset is None and clustering.empty:
         return
     run = select_best(clustering)[0] if not clustering.empty else None
@@ -228,7 +238,8 @@ def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
     source = str(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None and run is not None:
-            checkpoint = _find_checkpoint(run, tracking_uri, Path(tmp))
+            uri = tracking_uri or default_tracking_uri()
+            checkpoint = run_weights(uri, run["run_id"], Path(tmp))
             source = f"{getattr(checkpoint, 'name', '')} of run {run['run_id']}"
         if checkpoint is None or dataset is None:
             report.notes.append(
@@ -267,26 +278,6 @@ def _fig7_section(frame, out, dataset, tracking_uri, parent, report) -> None:
     report.sections.append(Section(title, caption, files))
 
 
-def _find_checkpoint(run: pd.Series, tracking_uri: str | None, tmp: Path) -> Path | None:
-    """Return a local copy of the run's ``best.pt`` (else first ``.pt``) artifact, or None."""
-    from mlflow.tracking import MlflowClient
-
-    from uslearn.paths import default_tracking_uri
-
-    client = MlflowClient(tracking_uri or default_tracking_uri())
-    pending, found = [None], []
-    while pending:
-        for item in client.list_artifacts(run["run_id"], pending.pop()):
-            if item.is_dir:
-                pending.append(item.path)
-            elif item.path.endswith(".pt"):
-                found.append(item.path)
-    if not found:
-        return None
-    best = next((p for p in found if Path(p).name == "best.pt"), found[0])
-    return Path(client.download_artifacts(run["run_id"], best, str(tmp)))
-
-
 def render_html(
     study: str, frame: pd.DataFrame, parent: dict, report: Report, tracking_uri: str | None
 ) -> str:
@@ -310,7 +301,7 @@ def render_html(
         report.notes.append(
             "runs differ in git sha or dataset fingerprint: check they are comparable"
         )
-    body = [f"<h1>Study report: {esc(study)}</h1>", _dl(facts)]
+    body = [f"<h1>Study report: {esc(study)}</h1>", _dl(facts), _runs_link(parent, tracking_uri)]
     body += [
         "<h2>Study configuration (parent run params)</h2>",
         _dl(parent["params"]) or "<p>none logged</p>",
@@ -360,6 +351,21 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
         "artifact_uri",
     }
     return [c for c in frame.columns if c not in ids and "/" not in c and c != "best_step"]
+
+
+def _runs_link(parent: dict, tracking_uri: str | None) -> str:
+    """Return a paragraph that opens the study's runs in the MLflow UI (the runs table)."""
+    from uslearn.paths import default_tracking_uri
+    from uslearn.study.tracking import runs_table_url, ui_hint
+
+    uri = tracking_uri or default_tracking_uri()
+    experiment = parent.get("experiment_id")
+    if experiment is None:
+        return ""
+    if uri.startswith(("http://", "https://")):
+        url = html.escape(runs_table_url(uri, experiment))
+        return f'<p>MLflow: <a href="{url}">the runs table</a></p>'
+    return f"<p>MLflow: {html.escape(ui_hint(uri, experiment))}</p>"
 
 
 def _dl(items: dict) -> str:

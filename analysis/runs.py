@@ -1,8 +1,9 @@
-"""Read a study's MLflow runs into tidy pandas frames (DESIGN.md "Trial config → MLflow").
+"""Read a study's MLflow runs into tidy pandas frames (docs/CONTRACTS.md "MLflow").
 
-One row per child run (= one trial): its params as typed columns (``lam`` is a float, ``seed``
-an int, ``strategy`` a string), its final metrics under their MLflow names
-(``test/f1_weighted``), and its ids. ``per_class`` turns the ``test/<metric>/<class>`` columns
+One row per child run (= one trial): its params as typed columns, typed as the run configs
+declare them (``lam`` is a float, ``seed`` an int, ``strategy`` a string), its strategy's
+``family`` (logged, or from the registry for runs logged before it was), its final metrics
+under their MLflow names (``test/f1_weighted``), and its ids. ``per_class`` turns the ``test/<metric>/<class>`` columns
 into a long frame, one row per run × class × metric. Nothing here knows about Ray or torch.
 """
 
@@ -13,13 +14,12 @@ import pandas as pd
 from uslearn.data.dataset import CLASSES
 from uslearn.errors import UserError
 from uslearn.log import get_logger
+from uslearn.strategies import registry
 
 log = get_logger(__name__)
 
-# Parameter types from the contract; any other param becomes numeric when every value parses.
-FLOAT_PARAMS = ("lam", "alpha", "tau", "lambda_u", "label_fraction", "lr")
-INT_PARAMS = ("k", "seed", "batch_exams", "image_size", "epochs", "steps", "workers")
-STRATEGIES = ("pica", "lsd", "supervised", "fixmatch_one", "fixmatch_two")
+# Params that identify an arm, in the order frames are sorted by (with the swept knobs).
+ARM_PARAMS = ("strategy", "init_kind", "label_fraction", *registry.hyperparameters())
 PER_CLASS_METRICS = ("f1", "precision", "recall", "support")
 _MISSING = {"None", "none", "nan", "NaN", ""}
 # Columns every frame returned by ``load`` carries besides params and metrics.
@@ -152,31 +152,38 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         out["dataset_fingerprint"] = raw["tags.dataset_fingerprint"]
     if "init_kind" not in out and "init" in out:
         out["init_kind"] = out["init"].map(init_kind)
+    if "strategy" in out:
+        # Runs logged before ``family`` was a param get it from the registry.
+        known = out["strategy"].map(
+            lambda s: registry.ENTRIES[s].family if s in registry.ENTRIES else None
+        )
+        out["family"] = out["family"].fillna(known) if "family" in out else known
     for col in raw.columns:
         if col.startswith("metrics."):
             out[col.removeprefix("metrics.")] = raw[col].astype(float)
-    order = [c for c in ("strategy", "init_kind", "label_fraction", "lam", "alpha", "tau", "seed")]
-    order = [c for c in order if c in out]
+    order = [c for c in (*ARM_PARAMS, "seed") if c in out]
     return out.sort_values([*order, "run_id"], kind="stable").reset_index(drop=True)
 
 
 def typed_param(name: str, values: pd.Series) -> pd.Series:
     """Return one param column converted from MLflow's strings to its type.
 
-    Contract floats become float64, contract ints nullable Int64, "True"/"False" booleans,
-    other all-numeric columns numbers; "None" and empty strings become missing.
+    A config field takes its declared type (``registry.param_types``): floats become float64,
+    ints nullable Int64; "True"/"False" become booleans, other all-numeric columns numbers;
+    "None" and empty strings become missing.
 
     Raises:
-        RunsError: a contract-numeric param holds a value that is not a number.
+        RunsError: a numeric config field holds a value that is not a number.
     """
     cleaned = values.astype(object).where(~values.isin(_MISSING) & values.notna(), None)
     present = cleaned.dropna()
-    if name in FLOAT_PARAMS or name in INT_PARAMS:
+    kind = registry.param_types().get(name)
+    if kind in (int, float):
         numbers = pd.to_numeric(cleaned, errors="coerce")
         bad = present[numbers[present.index].isna()]
         if not bad.empty:
             raise RunsError(f"param '{name}' should be a number but is '{bad.iloc[0]}'")
-        if name in INT_PARAMS:
+        if kind is int:
             return numbers.round().astype("Int64")
         return numbers.astype(float)
     if not present.empty and present.isin(["True", "False"]).all():
@@ -217,8 +224,8 @@ def per_class(frame: pd.DataFrame, id_columns: tuple[str, ...] | None = None) ->
 
     Args:
         frame: a frame from ``load``.
-        id_columns: columns copied onto every row; default ``run_id`` and the contract params
-            present in ``frame``.
+        id_columns: columns copied onto every row; default ``run_id``, the params that identify
+            an arm (``ARM_PARAMS``) and ``seed``, those present in ``frame``.
 
     Returns:
         Columns ``*id_columns, class, metric, value``; ``class`` is categorical in the contract
@@ -228,8 +235,7 @@ def per_class(frame: pd.DataFrame, id_columns: tuple[str, ...] | None = None) ->
         RunsError: if no ``test/<metric>/<class>`` column exists.
     """
     if id_columns is None:
-        params = ("strategy", "init_kind", "label_fraction", "lam", "alpha", "tau", "seed")
-        id_columns = ("run_id", *[p for p in params if p in frame])
+        id_columns = ("run_id", *[p for p in (*ARM_PARAMS, "seed") if p in frame])
     columns = {
         f"test/{m}/{c}": (m, c)
         for m in PER_CLASS_METRICS
@@ -260,4 +266,9 @@ def parent_run(frame: pd.DataFrame, tracking_uri: str | None = None) -> dict:
     if len(ids) != 1:
         raise RunsError(f"expected the runs of one parent run, found {len(ids)}: {list(ids)}")
     run = MlflowClient(tracking_uri or default_tracking_uri()).get_run(ids[0])
-    return {"run_id": ids[0], "params": dict(run.data.params), "tags": dict(run.data.tags)}
+    return {
+        "run_id": ids[0],
+        "experiment_id": run.info.experiment_id,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+    }

@@ -1,5 +1,8 @@
-"""Table 1 (PICA vs LSD, per class, best and mean over trials) and Table 2 (the best model, per
-class), as frames and as CSV, Markdown and LaTeX files.
+"""Table 1 (the deep-clustering methods, per class, best and mean over trials) and Table 2 (the
+best model, per class), as frames and as CSV, Markdown and LaTeX files.
+
+Table 1's rows are the runs of the ``clustering`` family (the paper's PICA and LSD, and any
+other clustering method in the registry), in registry order.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from analysis.runs import require_metrics
 from uslearn.data.dataset import CLASSES
 from uslearn.errors import UserError
 from uslearn.log import get_logger
+from uslearn.strategies import registry
 
 log = get_logger(__name__)
 
@@ -41,30 +45,45 @@ def _modal(values: pd.Series, prefer: float) -> float:
 
 
 def clustering_selection(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Return the PICA/LSD runs Table 1 compares and a caption fragment saying which.
+    """Return the clustering runs Table 1 compares and a caption fragment saying which.
 
-    When λ (or LSD's α) was swept, the most frequent value is kept (ties: the one nearest the
-    paper's λ = 2, α = the smallest), so each arm's trials differ only by seed.
+    Each swept knob of a clustering method (λ, LSD's α, ...) is held at its most frequent
+    value among the runs that have it (ties: the one nearest the config's default), so each
+    method's trials differ only by seed.
 
     Raises:
-        UserError: if there is no PICA or LSD run.
+        UserError: if there is no run of a clustering method.
     """
-    runs = frame[frame["strategy"].isin(["pica", "lsd"])] if "strategy" in frame else frame[:0]
+    family = frame["family"] if "family" in frame else pd.Series(index=frame.index, dtype=object)
+    runs = frame[family == "clustering"]
     if runs.empty:
-        raise UserError("Table 1 needs PICA or LSD runs; this study has none")
+        raise UserError(
+            f"Table 1 needs runs of a clustering method ({', '.join(registry.names('clustering'))});"
+            " this study has none"
+        )
     parts = []
-    if "lam" in runs and runs["lam"].notna().any():
-        lam = _modal(runs["lam"].dropna(), prefer=2.0)
-        runs = runs[runs["lam"] == lam]
-        parts.append(f"λ = {lam:g}")
-    lsd = runs["strategy"] == "lsd"
-    if "alpha" in runs and runs.loc[lsd, "alpha"].nunique() > 1:
-        alpha = _modal(runs.loc[lsd, "alpha"].dropna(), prefer=0.0)
-        runs = runs[~lsd | (runs["alpha"] == alpha)]
-        parts.append(f"LSD α = {alpha:g}")
+    for param in registry.hyperparameters():
+        if param not in runs or runs[param].isna().all():
+            continue
+        has = runs[param].notna()
+        value = _modal(runs.loc[has, param], prefer=registry.param_default(param))
+        runs = runs[~has | (runs[param] == value)]
+        owners = sorted(set(runs.loc[has, "strategy"]), key=list(STRATEGY_NAMES).index)
+        parts.append(f"{param_symbol(param)} = {value:g} ({', '.join(map(arm_name, owners))})")
     counts = runs.groupby("strategy").size()
-    parts.append(", ".join(f"{STRATEGY_NAMES[s]}: {n} trials" for s, n in counts.items()))
+    parts.append(", ".join(f"{arm_name(s)}: {counts[s]} trials" for s in _ordered(counts.index)))
     return runs, "; ".join(parts)
+
+
+def param_symbol(param: str) -> str:
+    """Return the symbol a config field is written with (``lam`` → ``λ``)."""
+    return registry.param_label(param).split(" (")[0]
+
+
+def _ordered(strategies) -> list[str]:
+    """Return ``strategies`` in registry order (unregistered ones last, by name)."""
+    known = [s for s in STRATEGY_NAMES if s in set(strategies)]
+    return known + sorted(set(strategies) - set(known))
 
 
 def n_labels(frame: pd.DataFrame) -> pd.Series | None:
@@ -89,10 +108,10 @@ def n_labels(frame: pd.DataFrame) -> pd.Series | None:
 
 
 def table1(frame: pd.DataFrame, best: str = "cell", scale: float = 100.0) -> pd.DataFrame:
-    """Return Table 1: per-class F1/precision/recall of PICA vs LSD, best and mean over trials.
+    """Return Table 1: per-class F1/precision/recall of each clustering method, best and mean.
 
     Args:
-        frame: runs from ``analysis.runs.load`` (the PICA/LSD runs are selected with
+        frame: runs from ``analysis.runs.load`` (the clustering runs are selected with
             ``clustering_selection``).
         best: ``"cell"`` takes each cell's maximum over trials (the paper's Table 1, where a
             class's best F1, precision and recall can come from different trials); ``"run"``
@@ -100,11 +119,11 @@ def table1(frame: pd.DataFrame, best: str = "cell", scale: float = 100.0) -> pd.
         scale: multiplier of the scores (100 gives percent, as in the paper).
 
     Returns:
-        Rows (metric, loss) plus an ``n_labels`` row; columns (class or ``weighted avg``,
-        ``Best``/``Mean``).
+        Rows (metric, method) plus an ``n_labels`` row; columns (class or ``weighted avg``,
+        ``Best``/``Mean``). Methods come in registry order.
 
     Raises:
-        UserError: if there is no PICA/LSD run or a per-class metric is missing.
+        UserError: if there is no clustering run or a per-class metric is missing.
     """
     if best not in ("cell", "run"):
         raise UserError(f"best must be 'cell' or 'run', not '{best}'")
@@ -114,17 +133,15 @@ def table1(frame: pd.DataFrame, best: str = "cell", scale: float = 100.0) -> pd.
     rows, index = [], []
     for label, metric in ROW_METRICS.items():
         require_metrics(runs, _columns(metric), "Table 1")
-        for strategy in ("lsd", "pica"):
+        for strategy in _ordered(runs["strategy"]):
             arm = runs[runs["strategy"] == strategy]
-            if arm.empty:
-                continue
             values = arm[_columns(metric)].to_numpy(dtype=float) * scale
             if best == "cell":
                 top = values.max(axis=0)
             else:
                 top = values[int(np.argmax(arm["test/f1_weighted"].to_numpy()))]
             rows.append(np.column_stack([top, values.mean(axis=0)]).ravel())
-            index.append((label, STRATEGY_NAMES[strategy]))
+            index.append((label, arm_name(strategy)))
     table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index), columns=columns)
     counts = n_labels(runs)
     if counts is not None:

@@ -2,6 +2,7 @@
 the cluster each image is assigned to and by its true label combination.
 
 torch is imported only inside ``extract_features``, so the rest of ``analysis`` stays light.
+Every clustering method's network has a ``cluster`` head, so any of them can be drawn.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ log = get_logger(__name__)
 
 CLUSTER_HEAD = "cluster"
 RARE = "rarer combinations"
-_WRAPPERS = ("module.", "_orig_mod.")
 
 
 def extract_features(
@@ -32,20 +32,22 @@ def extract_features(
     dataset: str | Path,
     split: str = "test",
     image_size: int | None = None,
-    batch_size: int = 128,
     max_images: int | None = 2000,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return backbone features, assigned clusters and labels of a dataset split.
 
+    The network, its input and its outputs are the training code's own: the checkpoint is
+    read by ``uslearn.models.load_network`` and the images go through
+    ``uslearn.strategies.evaluation.predict`` (as in validation, without augmentation).
+
     Args:
-        checkpoint: a ``.pt`` file (or a directory with ``best.pt``/``checkpoint.pt``) holding a
-            dict whose ``"model"`` entry is a ``uslearn.models.Network`` state dict with a
-            ``cluster`` head; its head sizes and stem are read from the state dict.
+        checkpoint: a ``.pt`` file (or a directory with ``best.pt``/``checkpoint.pt``) as the
+            training loop writes it, whose network has a ``cluster`` head.
         dataset: a dataset directory (``Dataset.open``).
         split: which split's images to embed.
-        image_size: resize images to this side before the network; None takes the size it
-            was trained at from the checkpoint's ``config`` (else keeps the dataset's size).
+        image_size: the side the network sees; None takes the size it was trained at from the
+            checkpoint's ``config`` (else keeps the dataset's size).
         max_images: a random subset of at most this many images (t-SNE is O(N log N) but slow
             beyond a few thousand points); None keeps all.
         seed: seed of that subset.
@@ -57,60 +59,21 @@ def extract_features(
         UserError: unreadable checkpoint, no ``cluster`` head, or an empty split.
     """
     import torch
-    import torch.nn.functional as F
 
     from uslearn.data.dataset import Dataset
-    from uslearn.models import Network, checkpoint_file
+    from uslearn.models import load_network
+    from uslearn.strategies.evaluation import predict
 
-    file = checkpoint_file(checkpoint)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise UserError(f"{file}: cannot be read as a torch file ({exc})") from exc
-    state = payload.get("model") if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"{file}: expected a dict with a 'model' state dict")
-    state = {_unwrap(k): v for k, v in state.items()}
-    heads = {
-        k.split(".")[1]: int(v.shape[0])
-        for k, v in state.items()
-        if k.startswith("heads.") and k.endswith(".weight")
-    }
-    if CLUSTER_HEAD not in heads:
-        raise UserError(f"{file}: its model has heads {sorted(heads)}, no '{CLUSTER_HEAD}' head")
-    conv1 = state.get("backbone.conv1.weight")
-    stem = "gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat"
-    if image_size is None and isinstance(payload.get("config"), dict):
-        # Trained at this size (TrainConfig.image_size); the stored images may be larger.
-        image_size = payload["config"].get("image_size")
-    network = Network(heads, stem=stem)
-    network.load_state_dict(state)
-    network.eval()
-
+    network, config = load_network(checkpoint, head=CLUSTER_HEAD)
     data = Dataset.open(dataset)
     rows = data.indices(split)
     if len(rows) == 0:
         raise UserError(f"{dataset}: split '{split}' has no images")
     if max_images is not None and len(rows) > max_images:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_images, replace=False))
-    feats, clusters = [], []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            block = rows[start : start + batch_size]
-            x = torch.from_numpy(np.asarray(data.images[block])).float().div(255.0)[:, None]
-            if image_size is not None and image_size != x.shape[-1]:
-                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
-            f = network.features(x)  # (B, 512)
-            feats.append(f.numpy())
-            clusters.append(network.head(f)[CLUSTER_HEAD].argmax(1).numpy())
-    return np.concatenate(feats), np.concatenate(clusters), data.labels[rows]
-
-
-def _unwrap(key: str) -> str:
-    for prefix in _WRAPPERS:
-        while key.startswith(prefix):
-            key = key[len(prefix) :]
-    return key
+    size = image_size or config.get("image_size") or data.size
+    out = predict(network, data, rows, int(size), torch.device("cpu"), features=True)
+    return out["features"], out[CLUSTER_HEAD].argmax(1), data.labels[rows]
 
 
 def embed(features: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:

@@ -35,7 +35,7 @@ def _cpu_seconds() -> float:
 
 def speed(exams: int, size: int, workers: list[int]) -> None:
     """Print images/s (wall) and CPU s/image of generating ``exams`` exams at ``size`` px."""
-    from uslearn.data.phantom import generate_phantom
+    from uslearn.phantom import generate_phantom
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_phantom(Path(tmp) / "warm", preset="demo", exams=8, size=size, workers=1)
@@ -63,7 +63,7 @@ def _peak_rss_mib(exams: int, size: int, workers: int, out: Path) -> float:
     """Return the peak RSS (MiB) of a fresh process (and its workers) generating a phantom."""
     code = (
         "import resource, sys\n"
-        "from uslearn.data.phantom import generate_phantom\n"
+        "from uslearn.phantom import generate_phantom\n"
         f"generate_phantom({str(out)!r}, preset='paper', exams={exams}, size={size},"
         f" workers={workers}, overwrite=True)\n"
         "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -105,10 +105,11 @@ def views(out: Path, size: int, per_view: int = 6, seed: int = 11) -> None:
     from PIL import Image, ImageDraw
 
     from uslearn.data.dataset import CLASSES
-    from uslearn.data.phantom import build_scenes, labels_from_visible
-    from uslearn.data.phantom_bmode import render
-    from uslearn.data.phantom_exams import plan_exams
-    from uslearn.data.phantom_views import VIEWS
+    from uslearn.phantom.bmode import render
+    from uslearn.phantom.exams import plan_exams
+    from uslearn.phantom.generate import build_scenes
+    from uslearn.phantom.labels import labels_from_visible
+    from uslearn.phantom.views import VIEWS
 
     exams = plan_exams(seed, per_view * 3)
     label_w = 150
@@ -138,7 +139,7 @@ def gallery(out: Path, data: Path, size: int) -> None:
     """Write the datasets room's per-class gallery of a demo phantom at ``size`` px."""
     from uslearn.data.dataset import Dataset
     from uslearn.data.gallery import write_gallery
-    from uslearn.data.phantom import generate_phantom
+    from uslearn.phantom import generate_phantom
 
     if not data.exists():
         generate_phantom(data, preset="demo", size=size)

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from uslearn.data.phantom import ensure_phantom
+from uslearn.phantom import ensure_phantom
 from uslearn.strategies import run
 
 COMMON = {"device": "cpu", "batch_exams": 8, "max_images_per_exam": 8}

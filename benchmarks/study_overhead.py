@@ -41,7 +41,8 @@ def bare(data: Path, lams: list[float], out: Path) -> float:
 
 def study(data: Path, lams: list[float], out: Path, name: str, *extra: str) -> float:
     """Return the wall time of the same trials as a study (Tune, MLflow, one at a time)."""
-    from uslearn.study import StudySpec, main
+    from uslearn.study import StudySpec
+    from uslearn.study_cli import main
 
     spec = StudySpec(
         name=name, title=name, fixed={"strategy": "lsd", "k": 0}, grid={"lam": lams}, seeds=(0,)
@@ -67,7 +68,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from uslearn.data.phantom import ensure_phantom
+    from uslearn.phantom import ensure_phantom
 
     lams = [0.5 * (i + 1) for i in range(args.trials)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from uslearn import models
-from uslearn.data.phantom import ensure_phantom
+from uslearn.phantom import ensure_phantom
 from uslearn.strategies import run
 
 
@@ -58,15 +58,18 @@ class _Enough(Exception):
 
 def batch_shape(name: str, cfg: dict, data) -> tuple[dict[str, int], int]:
     """Return (heads, images in one training forward pass) of a strategy's first batch."""
-    from uslearn.strategies import STRATEGIES, parse_config
-    from uslearn.strategies.loop import make_context
+    from uslearn.strategies import entry, parse_config
+    from uslearn.strategies.context import make_context
 
-    train_cfg, *own = parse_config(cfg)
-    strategy = STRATEGIES[name].build(train_cfg, *own, data=data, ctx=make_context(train_cfg))
+    train_cfg, own = parse_config(cfg)
+    strategy = entry(name).load().build(train_cfg, own, data=data, ctx=make_context(train_cfg))
     return strategy.heads, int(next(strategy.batches(0))["x"].shape[0])
 
 
 def main() -> None:
+    from uslearn.config import field_names
+    from uslearn.strategies import entry
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=224 if torch.cuda.is_available() else 64)
@@ -82,20 +85,20 @@ def main() -> None:
     data = ensure_phantom(args.data, preset="demo")
     print(f"device={device} size={args.size} exams/batch={args.exams} torch={torch.__version__}")
     for name in args.strategies:
+        strategy = entry(name)
         cfg = {
             "strategy": name,
             "device": args.device,
             "image_size": args.size,
-            "batch_exams": args.exams,
             "max_images_per_exam": 0,
             "eval_every": args.steps,
-            "epochs": 1000,
             "compile": args.compile,
+            # Long enough never to end, early stopping off: two timing windows end the run.
+            strategy.unit: 100_000,
+            **{draw.exams_key: args.exams for draw in strategy.draws},
         }
-        if name.startswith("fixmatch"):
-            cfg.update(steps=100_000, unlabelled_exams=args.exams)
-        if name == "supervised":
-            cfg["patience"] = 1000
+        if "patience" in field_names(strategy.config):
+            cfg["patience"] = 100_000
         windows: list[dict] = []
 
         def collect(metrics, checkpoint, windows=windows):

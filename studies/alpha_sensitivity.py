@@ -10,7 +10,8 @@ with four seeds each, every cell to the end (no pruner).
 
 import sys
 
-from uslearn.study import StudySpec, main
+from uslearn.study import StudySpec
+from uslearn.study_cli import main
 
 SPEC = StudySpec(
     name="alpha_sensitivity",

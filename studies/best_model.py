@@ -11,8 +11,9 @@ weights and says so.
 
 import sys
 
-from uslearn.study import StudySpec, main
+from uslearn.study import StudySpec
 from uslearn.study.inits import best_init
+from uslearn.study_cli import main
 
 
 def build(args) -> StudySpec:

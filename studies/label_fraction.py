@@ -12,8 +12,9 @@ study's notes (printed, and in the report) say so.
 
 import sys
 
-from uslearn.study import StudySpec, main
+from uslearn.study import StudySpec
 from uslearn.study.inits import dc_init, imagenet_init
+from uslearn.study_cli import main
 
 
 def build(args) -> StudySpec:

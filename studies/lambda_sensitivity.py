@@ -13,7 +13,8 @@ each box of the plot holds all of its seeds.
 
 import sys
 
-from uslearn.study import StudySpec, main
+from uslearn.study import StudySpec
+from uslearn.study_cli import main
 
 SPEC = StudySpec(
     name="lambda_sensitivity",
@@ -22,10 +23,9 @@ SPEC = StudySpec(
         # Sec. 3.2: unsupervised models keep the weights of the last epoch; k=0 takes the
         # number of clusters from the labelled set's label combinations (Sec. 2.2.3).
         "k": 0,
-        # α = 1 + ε with a small ε (Sec. 2.2.2); only LSD reads it.
-        "alpha": 1.05,
     },
-    arms={"pica": {"strategy": "pica"}, "lsd": {"strategy": "lsd"}},
+    # α = 1 + ε with a small ε (Sec. 2.2.2); only LSD has it.
+    arms={"pica": {"strategy": "pica"}, "lsd": {"strategy": "lsd", "alpha": 1.05}},
     grid={"lam": [0.5, 1.0, 2.0, 5.0, 10.0]},  # the paper's five values of λ
     seeds=(0, 1, 2, 3),  # "each experiment was iterated four times" (Sec. 3.2)
 )

@@ -2,15 +2,16 @@
 
 Optuna's TPE sampler proposes (λ, α, lr); each trial trains LSD and is ranked by the
 validation weighted F1 (never the test set). ASHA stops trials that trail their rung after a
-grace period of evaluations, so the budget goes to promising regions. The best configuration
-can then be re-run over seeds with unsupervised_table.py (--set lam=... --set alpha=...).
+grace period (in epochs), so the budget goes to promising regions. The best configuration can
+then be re-run over seeds with alpha_sensitivity.py (--set lam=... --set lr=...).
 
     python studies/search_lsd.py [--profile gpu|paper] [--data DIR]
 """
 
 import sys
 
-from uslearn.study import LogUniform, Search, StudySpec, main
+from uslearn.study import LogUniform, Search, StudySpec
+from uslearn.study_cli import main
 
 SPEC = StudySpec(
     name="search_lsd",
@@ -26,7 +27,7 @@ SPEC = StudySpec(
         # TPE needs ~10 random start-up trials before it models anything.
         num_samples={"cpu-demo": 6, "gpu": 48, "paper": 64},
         asha=True,
-        grace_period=3,  # clustering losses are noisy in the first epochs
+        grace_period=3,  # epochs: clustering losses are noisy in the first ones
     ),
     seeds=(0,),
 )

@@ -11,8 +11,9 @@ when one exists (Strategy 4, the paper's best), else ImageNet, else random weigh
 
 import sys
 
-from uslearn.study import StudySpec, main
+from uslearn.study import StudySpec
 from uslearn.study.inits import best_init
+from uslearn.study_cli import main
 
 
 def build(args) -> StudySpec:

@@ -30,6 +30,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory):
     """Return the path of the tiny phantom preset, generated once per test session."""
-    from uslearn.data.phantom import generate_phantom
+    from uslearn.phantom import generate_phantom
 
     return generate_phantom(tmp_path_factory.mktemp("phantom") / "tiny", preset="tiny", seed=0)

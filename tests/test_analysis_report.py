@@ -6,6 +6,7 @@ import base64
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from test_analysis_factories import SUPPORTS, lambda_trials, shared_store
@@ -122,7 +123,7 @@ def test_table2_is_the_run_with_the_best_validation_f1(store):
 
 def test_table1_without_clustering_runs_is_a_clear_error(store):
     uri, _ = store
-    with pytest.raises(UserError, match="Table 1 needs PICA or LSD runs"):
+    with pytest.raises(UserError, match="Table 1 needs runs of a clustering method"):
         table1(load("fraction_study", tracking_uri=uri))
 
 
@@ -157,3 +158,20 @@ def test_hold_fixed_keeps_the_most_frequent_value_of_other_swept_params_per_stra
     kept, held = hold_fixed(frame, "lam")
     assert kept["alpha"].tolist() == [1.1] * 4 + [1.05] * 2
     assert held == ["LSD: alpha held at 1.1"]
+
+
+def test_table1_has_one_row_per_clustering_method_of_the_registry():
+    from test_analysis_factories import trial_metrics
+
+    from uslearn.strategies import entry, names
+
+    rng = np.random.default_rng(2)
+    methods = names("clustering")
+    rows = [
+        {"run_id": f"r{i}", "strategy": s, "family": "clustering", "seed": i // len(methods)}
+        | trial_metrics(rng, 0.5)
+        for i, s in enumerate(methods * 2)
+    ]
+    table = table1(pd.DataFrame(rows))
+    for metric in ("F1-score", "Precision", "Recall"):
+        assert [m for row, m in table.index if row == metric] == [entry(s).label for s in methods]

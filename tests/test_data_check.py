@@ -142,7 +142,8 @@ def test_split_cli_reassigns_by_patient_keeps_given_splits_and_refingerprints(tm
     ds = make_dataset(tmp_path, n_patients=12, edit=given)
     assert main(["data", "split", str(ds.root), "--val", "2", "--test", "4", "--seed", "3"]) == 0
     after = Dataset.open(ds.root)
-    after.verify_fingerprint()
+    after.verify("full")
+    after.verify("sample")  # the sampled hash covers the manifest: rewritten with it
     assert after.fingerprint != ds.fingerprint
     assert set(after.manifest.loc[after.manifest["patient_id"] == "p1", "split"]) == {"test"}
     assert after.manifest.groupby("split")["exam_id"].nunique().to_dict() == {
@@ -171,3 +172,15 @@ def test_gallery_writes_a_png_with_a_row_per_class_and_spreads_splits(tmp_path):
 def test_gallery_rejects_an_unknown_split(tmp_path):
     with pytest.raises(Exception, match="--split 'train'"):
         pick_samples(make_dataset(tmp_path), 2, split="train")
+
+
+def test_almost_black_and_flat_frames_are_notes_when_few_and_a_problem_when_many(tmp_path):
+    images = speckle_images(48)
+    images[0] = images[0] // 20  # the 12-bit-as-16-bit look: maximum 11 of 255
+    images[1] = 128  # flat grey
+    report = check_dataset(make_dataset(tmp_path, images))
+    assert report.ok, report.problems
+    assert any("1 of 48 image(s) are almost black" in n and "i0-0-0" in n for n in report.notes)
+    assert any("1 of 48 image(s) are flat" in n and "i0-0-1" in n for n in report.notes)
+    report = check_dataset(make_dataset(tmp_path, speckle_images(48) // 20, name="dark"))
+    assert any("48 of 48 image(s) are almost black" in p for p in report.problems)

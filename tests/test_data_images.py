@@ -9,10 +9,12 @@ from uslearn.data.images import (
     ImageRejected,
     Preprocess,
     auto_region,
+    check_dimensions,
     colour_fraction,
     letterbox,
     prepare,
     read_image_file,
+    significant_bits,
     to_gray,
     to_uint8,
 )
@@ -57,6 +59,30 @@ def test_deeper_samples_scale_down_by_bits_stored():
     assert to_uint8(np.array([0, 4095], np.uint16), bits=12).tolist() == [0, 255]
     assert to_uint8(np.array([0, 65535], np.uint16)).tolist() == [0, 255]
     assert to_uint8(np.array([-128, 127], np.int8).astype(np.int16), bits=8).tolist() == [0, 255]
+
+
+def test_sixteen_bit_png_is_scaled_by_its_sbit_else_by_the_depth_its_maximum_needs(tmp_path):
+    from PIL import PngImagePlugin
+
+    twelve_bit = np.linspace(0, 2990, 32 * 32).astype(np.uint16).reshape(32, 32)
+    Image.fromarray(twelve_bit).save(tmp_path / "range.png")
+    assert read_image_file(tmp_path / "range.png").max() == 2990 >> 4  # 186, not 11
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([14]))
+    Image.fromarray(twelve_bit).save(tmp_path / "sbit.png", pnginfo=info)
+    assert read_image_file(tmp_path / "sbit.png").max() == 2990 >> 6
+    assert significant_bits(np.array([200], np.uint16)) == 8
+    assert significant_bits(np.array([1023], np.uint16)) == 10
+    assert significant_bits(np.array([40000], np.uint16)) == 16
+
+
+def test_images_too_large_or_too_small_are_rejected_before_storing(tmp_path):
+    Image.new("L", (1, 1), 128).save(tmp_path / "dot.png")
+    with pytest.raises(ImageRejected, match="too_small"):
+        prepare(read_image_file(tmp_path / "dot.png"), Preprocess(size=32))
+    with pytest.raises(ImageRejected, match="too_large"):
+        check_dimensions(8000, 8000)
+    check_dimensions(7000, 7000)
 
 
 def test_auto_region_finds_the_sector_and_drops_burned_in_text():

@@ -12,6 +12,7 @@ from uslearn.cli import main
 from uslearn.data.dataset import CLASSES, Dataset, DatasetError
 from uslearn.data.images import Preprocess
 from uslearn.data.importers import ImportSettings, import_folder
+from uslearn.data.pseudonym import pseudonym
 
 SALT = "test-salt"
 
@@ -78,13 +79,16 @@ def test_listed_frames_import_with_labels_and_pseudonymised_ids(tmp_path):
     assert pd.read_csv(tmp_path / "ds.rejected.csv").empty
 
 
-def test_same_salt_gives_same_ids_and_keep_paths_stores_paths(tmp_path):
+def test_same_salt_gives_same_ids_and_locate_finds_the_files_again(tmp_path, capsys):
     csv = write_csv(tmp_path / "labels.csv", make_export(tmp_path / "in"))
     a = Dataset.open(import_folder(tmp_path / "in", csv, tmp_path / "a", SALT, settings()))
-    b = import_folder(tmp_path / "in", csv, tmp_path / "b", SALT, settings(keep_paths=True))
-    b = Dataset.open(b)
+    b = Dataset.open(import_folder(tmp_path / "in", csv, tmp_path / "b", SALT, settings()))
     assert a.manifest["image_id"].equals(b.manifest["image_id"])
-    assert b.manifest["source_path"].iloc[0] == "Mueller_Hans_0/exam0/img0.png"
+    first = a.manifest["image_id"].iloc[0]
+    argv = ["data", "locate", "--images", str(tmp_path / "in"), "--salt", SALT, first]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"{first}\tMueller_Hans_0/exam0/img0.png\n"
+    assert main([*argv[:-2], "other-salt", first]) == 1  # another salt finds nothing
     c = Dataset.open(import_folder(tmp_path / "in", csv, tmp_path / "c", "other", settings()))
     assert not set(a.manifest["patient_id"]) & set(c.manifest["patient_id"])
 
@@ -142,7 +146,10 @@ def test_skip_bad_imports_the_rest_and_lists_the_rejected(tmp_path):
     assert len(Dataset.open(path)) == 16 + 1 - 3
     rejected = pd.read_csv(tmp_path / "ds.rejected.csv")
     assert sorted(rejected["reason"]) == ["missing", "unreadable", "unreadable"]
-    assert "Mueller_Hans_0/exam0/gone.png" in set(rejected["source"])
+    assert pseudonym("image", "Mueller_Hans_0/exam0/gone.png", SALT) in set(rejected["image_id"])
+    assert rejected["csv_line"].notna().all()  # each was listed in the CSV
+    # Persisted, so no path nor name (the terminal got them).
+    assert "Mueller" not in (tmp_path / "ds.rejected.csv").read_text()
     report = json.loads((path / "import_report.json").read_text())
     assert report["rejected"] == {"missing": 1, "unreadable": 2} and report["imported"] == 14
 

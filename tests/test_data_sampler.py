@@ -6,7 +6,7 @@ import torch
 
 from uslearn.data.dataset import DatasetError
 from uslearn.data.loader import load_batch
-from uslearn.data.sampler import ExamBatchSampler, infinite_batches
+from uslearn.data.sampler import ExamBatchSampler
 
 
 def make_exams(sizes, first_row=100):
@@ -82,18 +82,6 @@ def test_ranks_get_disjoint_exams_and_equal_batch_counts(world_size):
     assert covered == set(range(21))
     overlap = sum(len(p) for p in per_rank) - len(covered)
     assert overlap == (-21) % world_size  # only the wrap-around padding repeats exams
-
-
-def test_infinite_batches_walks_through_successive_epochs():
-    exam_ids, rows = make_exams([1] * 4)
-    sampler = ExamBatchSampler(exam_ids, rows, exams_per_batch=2, seed=0)
-    stream = infinite_batches(sampler)
-    got = [next(stream) for _ in range(6)]  # 3 epochs of 2 batches
-    expected = []
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        expected.extend(sampler)
-    assert all(np.array_equal(g, e) for g, e in zip(got, expected))
 
 
 @pytest.mark.parametrize(

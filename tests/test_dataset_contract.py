@@ -88,3 +88,36 @@ def test_partly_labelled_row_is_rejected(tmp_path):
 def test_size_out_of_range_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="--size 8 is out of range"):
         DatasetWriter(tmp_path / "ds", size=8, capacity=1, source="t")
+
+
+def test_sample_verification_reads_little_and_full_verification_catches_every_byte(tmp_path):
+    from uslearn.data.dataset import SAMPLE_BLOCK_BYTES, SAMPLE_BLOCKS
+
+    n, size = 600, 256  # a 39 MB store: more than the sampled 256 x 64 KiB
+    images = np.zeros((n, size, size), np.uint8)
+    with DatasetWriter(tmp_path / "ds", size=size, capacity=n, source="test") as writer:
+        writer.write(0, images)
+        writer.commit(make_manifest(n))
+    ds = Dataset.open(tmp_path / "ds")
+    assert "sampled hash" in ds.verify("sample") and "every byte" in ds.verify("full")
+    stride = (n * size * size - SAMPLE_BLOCK_BYTES) / (SAMPLE_BLOCKS - 1)
+    unsampled = int(stride / 2) + SAMPLE_BLOCK_BYTES  # between the first two sampled blocks
+    with open(tmp_path / "ds" / "images.u8", "r+b") as handle:
+        handle.seek(unsampled)
+        handle.write(b"\x01")
+    ds.verify("sample")  # documented: a change outside the sampled blocks is missed...
+    with pytest.raises(DatasetError, match="fingerprint .* differs"):
+        ds.verify("full")  # ...and found by the full check
+    with open(tmp_path / "ds" / "images.u8", "r+b") as handle:
+        handle.seek(0)
+        handle.write(b"\x01")
+    with pytest.raises(DatasetError, match="sampled hash .* differs"):
+        ds.verify("sample")
+
+
+def test_a_dataset_without_a_sample_hash_is_verified_in_full(tmp_path):
+    write_dataset(tmp_path / "ds")
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    del meta["sample_hash"]
+    (tmp_path / "ds" / "meta.json").write_text(json.dumps(meta))
+    assert "every byte" in Dataset.open(tmp_path / "ds").verify("sample")

@@ -24,8 +24,10 @@ from uslearn.cli import main
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.pseudonym import pseudonym
 from uslearn.inference.curate import spread_ranking
-from uslearn.inference.package import ModelPackage, label_columns, score_columns
-from uslearn.inference.tracking import best_child_run, log_run_model, register_run
+from uslearn.inference.output import label_columns, score_columns
+from uslearn.inference.package import ModelPackage
+from uslearn.study.logged_models import best_child_run, log_model, register_run
+from uslearn.study.tracking import client as tracking_client
 
 TINY = ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "4", "--device", "cpu"]
 SALT = "predict-test-salt"
@@ -80,6 +82,7 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 def test_train_leaves_a_package_and_logs_an_mlflow_model_with_a_signature(trained, tiny_phantom):
     uri, runs = trained
     data = Dataset.open(tiny_phantom)
+    mlflow.set_tracking_uri(uri)  # a user's MLFLOW_TRACKING_URI: runs:/ resolves through it
     for strategy, family, head in (
         ("supervised", "supervised", "multilabel"),
         ("lsd", "clustering", "cluster"),
@@ -148,6 +151,7 @@ def test_pyfunc_scores_paths_bytes_and_arrays_by_the_import_rules(
 ):
     uri, runs = trained
     run_id, out = runs["supervised"]
+    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     package = ModelPackage.load(out)
     good = image_folder / "a.png"
@@ -200,20 +204,28 @@ def test_predict_on_an_image_folder_skips_and_lists_bad_files(
     run_id, out = runs["supervised"]
     csv = tmp_path / "folder.csv"
     args = ["predict", "--model", str(out), "--images", str(image_folder), "--workers", "1"]
-    code, printed, _ = run_cli([*args, "--out", str(csv)], capsys)
+    code, printed, err = run_cli([*args, "--salt", SALT, "--out", str(csv)], capsys)
     assert code == 0 and "2 skipped (doppler 1, unreadable 1)" in printed
+    assert "skipped broken.png: unreadable" in err  # paths on the terminal only
     frame = pd.read_csv(csv)
-    assert frame["image"].tolist() == ["a.png", "b.png", "exam2/c.png"]
+    # The ids a folder import with this salt gives: no path (folder names may be patients').
+    names = ["a.png", "b.png", "exam2/c.png"]
+    assert frame["image"].tolist() == [pseudonym("image", name, SALT) for name in names]
     rejected = pd.read_csv(tmp_path / "folder.csv.rejected.csv")
-    assert sorted(zip(rejected["source"], rejected["reason"])) == [
-        ("broken.png", "unreadable"),
-        ("doppler.png", "doppler"),
-    ]
+    assert sorted(zip(rejected["image_id"], rejected["reason"])) == sorted(
+        [
+            (pseudonym("image", "broken.png", SALT), "unreadable"),
+            (pseudonym("image", "doppler.png", SALT), "doppler"),
+        ]
+    )
+    for written in (csv, tmp_path / "folder.csv.rejected.csv"):
+        assert not re.search(r"\.png|exam2", written.read_text())
     package = ModelPackage.load(out)
-    for name in frame["image"]:
+    for name in names:
         pixels = np.asarray(Image.open(image_folder / name))
         expected = package.score(package.prepare(pixels)[None]).scores[0]
-        row = frame.set_index("image").loc[name, score_columns()].to_numpy(float)
+        image_id = pseudonym("image", name, SALT)
+        row = frame.set_index("image").loc[image_id, score_columns()].to_numpy(float)
         np.testing.assert_allclose(row, expected, atol=1e-6)
 
 
@@ -241,7 +253,7 @@ def test_predict_on_dicom_writes_pseudonyms_and_no_raw_identifier(trained, tmp_p
 
 @pytest.fixture(scope="module")
 def other_size(tmp_path_factory):
-    from uslearn.data.phantom import generate_phantom
+    from uslearn.phantom import generate_phantom
 
     return generate_phantom(tmp_path_factory.mktemp("p48") / "p48", "tiny", exams=8, size=48)
 
@@ -274,9 +286,8 @@ def test_each_bad_request_is_refused_with_one_clear_line(
     for args, message in cases:
         out = tmp_path / ("exists.csv" if "--out-exists" in args else "p.csv")
         args = [a for a in args if a != "--out-exists"]
-        code, _, err = run_cli(
-            ["predict", *args, "--out", str(out), "--mlflow", uri, "--workers", "1"], capsys
-        )
+        flags = ["--out", str(out), "--mlflow", uri, "--workers", "1", "--salt", SALT]
+        code, _, err = run_cli(["predict", *args, *flags], capsys)
         lines = err.strip().splitlines()
         assert code == 2, (args, err)
         assert lines[-1].startswith("uslearn predict: error:") and message in lines[-1], err
@@ -373,7 +384,7 @@ def test_a_model_logged_for_a_trial_run_joins_that_runs_experiment(trained, tiny
     run_id = client.create_run(experiment).info.run_id
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("elsewhere")
-    log_run_model(uri, run_id, runs["supervised"][1], Dataset.open(tiny_phantom))
+    log_model(tracking_client(uri), run_id, runs["supervised"][1], Dataset.open(tiny_phantom))
     (model,) = client.search_logged_models([experiment], f"source_run_id = '{run_id}'")
     assert model.name == "model"
     assert int(register_run(uri, run_id, "trial-like").version) == 1

@@ -20,7 +20,8 @@ from test_study_ray import probe_spec, runs_of, study_argv
 
 from uslearn.cli import main as uslearn
 from uslearn.data.dataset import CLASSES, Dataset
-from uslearn.inference.package import label_columns, score_columns
+from uslearn.data.pseudonym import pseudonym
+from uslearn.inference.output import label_columns, score_columns
 from uslearn.study import main as study
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -107,11 +108,13 @@ def test_ray_data_scores_an_image_folder_like_the_single_process(
     outputs = {}
     for name, extra in (("single", []), ("ray", ["--ray", "--batch-size", "3"])):
         out = tmp_path / f"{name}.csv"
-        flags = [*model, "--images", str(folder), "--workers", "1", *extra]
+        flags = [*model, "--images", str(folder), "--workers", "1", "--salt", "s", *extra]
         assert "1 skipped (unreadable 1)" in predict([*flags, "--out", str(out)], capsys)
         outputs[name] = pd.read_csv(out)
         rejected = pd.read_csv(tmp_path / f"{name}.csv.rejected.csv")
-        assert rejected[["source", "reason"]].values.tolist() == [["broken.png", "unreadable"]]
+        assert rejected[["image_id", "reason"]].values.tolist() == [
+            [pseudonym("image", "broken.png", "s"), "unreadable"]
+        ]
     assert len(outputs["single"]) == 7 and "cluster" in outputs["single"]
     assert_same_predictions(outputs["ray"], outputs["single"])
     assert (outputs["ray"]["cluster"] == outputs["single"]["cluster"]).all()

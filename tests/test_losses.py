@@ -13,6 +13,7 @@ from uslearn.losses import (
     fixmatch_loss,
     fixmatch_one_head_loss,
     fixmatch_two_head_loss,
+    iic_loss,
     multilabel_bce,
     pica_loss,
 )
@@ -305,3 +306,48 @@ def test_pica_loss_on_bfloat16_probabilities_is_computed_in_float32():
     assert low.dtype == torch.float32
     reference, _ = pica_loss(p_a.bfloat16().double(), p_b.bfloat16().double(), 2.0, "dirichlet")
     assert low.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def reference_iic(p_a, p_b):
+    """IIC written as loops from Ji et al.'s Eq. 3 (float64 python scalars): (−I, I, H(z))."""
+    n, k = len(p_a), len(p_a[0])
+    joint = [[sum(p_a[i][c] * p_b[i][d] for i in range(n)) / n for d in range(k)] for c in range(k)]
+    sym = [[(joint[c][d] + joint[d][c]) / 2 for d in range(k)] for c in range(k)]
+    total = sum(map(sum, sym))
+    sym = [[value / total for value in row] for row in sym]
+    rows = [sum(sym[c]) for c in range(k)]
+    cols = [sum(sym[c][d] for c in range(k)) for d in range(k)]
+    mi = sum(
+        sym[c][d] * math.log(sym[c][d] / (rows[c] * cols[d]))
+        for c in range(k)
+        for d in range(k)
+        if sym[c][d] > 0
+    )
+    entropy = -sum(p * math.log(p) for p in rows if p > 0)
+    return -mi, mi, entropy
+
+
+@pytest.mark.parametrize("n, k", [(5, 2), (16, 3), (32, 10)])
+@pytest.mark.parametrize("sharpness", [0.5, 2.0, 8.0])
+def test_iic_loss_matches_reference(n, k, sharpness):
+    p_a, p_b = make_probs(n, k, n + k, sharpness), make_probs(n, k, 3 * n + k, sharpness)
+    loss, parts = iic_loss(p_a, p_b)
+    ref_loss, ref_mi, ref_entropy = reference_iic(p_a.tolist(), p_b.tolist())
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-10, abs=1e-12)
+    assert parts["mi"].item() == pytest.approx(ref_mi, rel=1e-10, abs=1e-12)
+    assert parts["entropy"].item() == pytest.approx(ref_entropy, rel=1e-10)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_iic_is_log_k_on_agreeing_balanced_views_and_zero_when_collapsed(k):
+    agree = torch.eye(k, dtype=torch.float64).repeat(3, 1)  # every cluster used, views agree
+    loss, parts = iic_loss(agree, agree.clone())
+    assert loss.item() == pytest.approx(-math.log(k)) and parts["entropy"].item() == pytest.approx(
+        math.log(k)
+    )
+    collapsed = torch.zeros(6, k, dtype=torch.float64)
+    collapsed[:, 0] = 1.0
+    collapsed.requires_grad_(True)
+    loss, parts = iic_loss(collapsed, collapsed.detach().clone())
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-12) and torch.isfinite(collapsed.grad).all()

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import ast
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import uslearn.data
 from uslearn.data.dataset import CLASSES, Dataset, DatasetError, DatasetWriter
-from uslearn.data.phantom import (
-    PRESETS,
-    TRUTH,
-    add_label_noise,
-    ensure_phantom,
-    generate_phantom,
-    labels_from_visible,
-    register,
-)
-from uslearn.data.phantom_exams import EXAM_TYPES, assign_splits, plan_exams
+from uslearn.phantom import PRESETS, TRUTH, ensure_phantom, generate_phantom
+from uslearn.phantom.cli import register
+from uslearn.phantom.exams import EXAM_TYPES, assign_splits, plan_exams
+from uslearn.phantom.labels import add_label_noise, labels_from_visible
 
 # The paper's test set (Sec. 3.1): labels per class and images.
 PAPER_TEST_LABELS = {
@@ -273,3 +270,32 @@ def test_cli_writes_a_phantom_and_prints_a_summary(tmp_path, capsys):
     assert args.func(args) == 0
     assert Dataset.open(out).manifest["exam_id"].nunique() == 10
     assert "label shares" in capsys.readouterr().out
+
+
+def test_uslearn_data_phantom_runs_from_the_top_level_cli(tmp_path, capsys):
+    from uslearn.cli import main
+
+    out = tmp_path / "cli_main"
+    argv = ["data", "phantom", "--preset", "tiny", "--exams", "10", "--size", "16", "--out"]
+    assert main([*argv, str(out)]) == 0
+    assert Dataset.open(out).meta["phantom"]["exams"] == 10
+    assert f"{out}: " in capsys.readouterr().out
+
+
+def test_the_data_room_never_imports_the_phantom():
+    # The phantom is a leaf over the dataset contract: uslearn.data must work without it.
+    data_room = Path(uslearn.data.__file__).parent
+    offenders = []
+    for path in sorted(data_room.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                package = ["uslearn", *path.relative_to(data_room.parent).parent.parts]
+                base = ".".join(package[: len(package) - node.level + 1] if node.level else [])
+                module = ".".join(part for part in (base, node.module or "") if part)
+                names = [module, *(f"{module}.{a.name}" for a in node.names)]
+            if any(n == "uslearn.phantom" or n.startswith("uslearn.phantom.") for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, f"uslearn/data imports uslearn/phantom at {offenders}"

@@ -9,8 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from uslearn.data.phantom import build_scenes
-from uslearn.data.phantom_anatomy import (
+from uslearn.phantom.anatomy import (
     MONOMIALS,
     ORGANS,
     SLOT_FIELDS,
@@ -19,9 +18,10 @@ from uslearn.data.phantom_anatomy import (
     shape_polynomials,
     slot,
 )
-from uslearn.data.phantom_bmode import render
-from uslearn.data.phantom_exams import PARAMS, P, plan_exams
-from uslearn.data.phantom_overlay import Layout, text_bitmap
+from uslearn.phantom.bmode import render
+from uslearn.phantom.exams import PARAMS, P, plan_exams
+from uslearn.phantom.generate import build_scenes
+from uslearn.phantom.overlay import Layout, text_bitmap
 
 QUIET = Layout(text_right=False, ruler_left=False, brightness=0.0, grey_bar=False, logo=False)
 

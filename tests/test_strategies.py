@@ -12,17 +12,19 @@ import torch
 
 from uslearn.config import ConfigError
 from uslearn.data.dataset import CLASSES
-from uslearn.strategies import STRATEGIES, resolved_config, run
+from uslearn.strategies import STRATEGY_NAMES, entry, resolved_config, run
 from uslearn.strategies.loop import NonFiniteLossError
 
-# Tiny but complete: a couple of steps, two evaluations, 32 px.
+# Tiny but complete, for any registered strategy: 32 px, small batches from every pool, an
+# evaluation every 2 steps, and a short run in the strategy's own unit.
 FAST = {"image_size": 32, "batch_exams": 4, "max_images_per_exam": 4, "seed": 0, "device": "cpu"}
-PER_STRATEGY = {
-    "pica": {"epochs": 1, "eval_every": 2},
-    "lsd": {"epochs": 1, "eval_every": 2, "alpha": 1.05},
-    "supervised": {"epochs": 2},
-    "fixmatch_one": {"steps": 4, "eval_every": 2, "unlabelled_exams": 2, "tau": 0.6},
-    "fixmatch_two": {"steps": 4, "eval_every": 2, "unlabelled_exams": 2, "tau": 0.6},
+SHORT = {"epochs": 1, "steps": 4}
+# What some strategies log besides the loss (a strategy not named here is checked generically).
+LOGS = {
+    "pica": {"loss_ce", "loss_prior"},
+    "lsd": {"loss_ce", "loss_prior"},
+    "fixmatch_one": {"loss_sup", "loss_unsup", "mask_rate"},
+    "fixmatch_two": {"loss_sup", "loss_unsup", "mask_rate"},
 }
 CONTRACT_METRICS = [
     "test/f1_weighted",
@@ -34,10 +36,19 @@ CONTRACT_METRICS = [
 
 
 def config(strategy: str, **overrides) -> dict:
-    return {"strategy": strategy, **FAST, **PER_STRATEGY[strategy], **overrides}
+    """Return a short config of ``strategy`` built from its registry entry alone."""
+    spec = entry(strategy)
+    batches = {draw.exams_key: FAST["batch_exams"] for draw in spec.draws}
+    return {
+        "strategy": strategy,
+        **FAST,
+        **batches,
+        "eval_every": 2,
+        spec.unit: SHORT[spec.unit],
+    } | overrides
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_every_strategy_trains_and_reports_contract_metrics(strategy, tiny_phantom, tmp_path):
     reports = []
     final = run(
@@ -64,13 +75,14 @@ def test_every_strategy_trains_and_reports_contract_metrics(strategy, tiny_phant
     ]
     thresholds = json.loads((tmp_path / "thresholds.json").read_text(), parse_constant=pytest.fail)
     assert set(thresholds) == set(CLASSES)
-    if strategy in ("pica", "lsd"):
-        assert {"train/loss_ce", "train/loss_prior"} <= set(metrics)
+    assert {f"train/{name}" for name in LOGS.get(strategy, ())} <= set(metrics)
+    assert json.loads((tmp_path / "config.json").read_text())["family"] == entry(strategy).family
+    if entry(strategy).family == "clustering":
         assert {"test/nmi", "test/ari"} <= set(final)
         table = pd.read_csv(tmp_path / "cluster_labels.csv", index_col="cluster")
         values = table[list(CLASSES)].to_numpy()
         assert ((values >= 0) & (values <= 1)).all()
-    if strategy.startswith("fixmatch"):
+    if "train/mask_rate" in metrics:
         assert 0.0 <= metrics["train/mask_rate"] <= 1.0
 
 
@@ -107,15 +119,44 @@ def test_unknown_config_key_is_rejected_before_training(tiny_phantom):
         run({**config("supervised"), "tau": 0.9}, tiny_phantom)
     with pytest.raises(ConfigError, match="lam"):
         run(config("pica", lam=-1.0), tiny_phantom)
+    with pytest.raises(ConfigError, match=r"strategy='nope': expected one of \['pica'"):
+        run({"strategy": "nope"}, tiny_phantom)
 
 
-def test_resolved_config_fills_defaults_and_init_kind():
+def test_resolved_config_fills_defaults_init_kind_and_family():
     resolved = resolved_config({"strategy": "lsd", "init": "runs/x/best.pt"})
     assert (
         resolved["lam"] == 2.0
         and resolved["alpha"] == 1.05
         and resolved["init_kind"] == "clustering"
+        and resolved["family"] == "clustering"
     )
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_a_run_logs_only_the_fields_its_strategy_reads(strategy):
+    resolved = resolved_config({"strategy": strategy})
+    own = set(entry(strategy).config.__dataclass_fields__)
+    assert entry(strategy).unit in resolved and own <= set(resolved)
+    assert ("alpha" in resolved) == (strategy == "lsd")  # PICA never reads α
+    assert ("patience" in resolved) == (strategy == "supervised")
+    assert ("epochs" in resolved) != ("steps" in resolved)
+
+
+def test_sampled_rows_walk_through_epochs_and_resume_mid_epoch():
+    from uslearn.data.sampler import ExamBatchSampler
+    from uslearn.strategies.common import sampled_rows
+
+    exam_ids = np.repeat([f"e{k}" for k in range(4)], 2)
+    sampler = ExamBatchSampler(exam_ids, np.arange(8), exams_per_batch=2, seed=0)
+    expected = []
+    for epoch in range(3):  # 3 epochs of 2 batches
+        sampler.set_epoch(epoch)
+        expected.extend(sampler)
+    stream = sampled_rows(sampler, start_step=0)
+    assert all(np.array_equal(next(stream), e) for e in expected)
+    resumed = sampled_rows(sampler, start_step=3)  # epoch 1, second batch
+    assert all(np.array_equal(next(resumed), e) for e in expected[3:])
 
 
 def test_non_finite_loss_stops_with_step_and_parts(tiny_phantom, tmp_path, monkeypatch):

@@ -11,14 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from uslearn.study import StudySpec, main
-from uslearn.study.runner import CRASH_ENV
+from uslearn.study import StudySpec
+from uslearn.study.logged_models import run_weights
+from uslearn.study_cli import load_study, main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 FAST = ["--set", "epochs=2", "--set", "batch_exams=4", "--set", "max_images_per_exam=4"]
@@ -28,8 +30,13 @@ FAST = ["--set", "epochs=2", "--set", "batch_exams=4", "--set", "max_images_per_
 def ray_address():
     import ray
 
+    # address="local": a new Ray of its own, even when another one runs on this machine.
     ray.init(
-        num_cpus=2, include_dashboard=False, resources={"TRAIN_DRIVER": 1}, log_to_driver=False
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        resources={"TRAIN_DRIVER": 1},
+        log_to_driver=False,
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -37,7 +44,7 @@ def ray_address():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from uslearn.data.phantom import ensure_phantom
+    from uslearn.phantom import ensure_phantom
 
     return ensure_phantom(tmp_path_factory.mktemp("data") / "tiny", preset="tiny").root
 
@@ -87,6 +94,7 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
     )
     assert main(spec, str(tmp_path / "probe_grid.py"), study_argv(tmp_path, tiny)) == 0
     client, parents, children = runs_of(tmp_path, "probe_grid")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (parent,) = parents
     assert parent.info.run_name == "probe_grid" and parent.info.status == "FINISHED"
     for tag in ("git_sha", "dataset_fingerprint", "uslearn_version", "study_file"):
@@ -105,6 +113,9 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
         assert tags["mlflow.parentRunId"] == tags["study_run_id"] == parent.info.run_id
         assert tags["study"] == "probe_grid" and child.info.status == "FINISHED"
         assert params["lam"] == "2.0" and params["init_kind"] == "random"
+        assert params["family"] == "clustering" and ("alpha" in params) == (
+            tags["cell"].startswith("lsd")
+        )
         assert params["dataset_fingerprint"] == fingerprint and params["profile"] == "cpu-demo"
         assert params["image_size"] == "32" and params["epochs"] == "2"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/f1_weighted")]
@@ -113,7 +124,11 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
         assert 0 <= child.data.metrics["test/f1_weighted"] <= 1
         assert "test/f1/liver" in child.data.metrics and "test/nmi" in child.data.metrics
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"metrics.json", "best.pt", "per_class.csv", "cluster_labels.csv"} <= artifacts
+        assert {"metrics.json", "per_class.csv", "cluster_labels.csv"} <= artifacts
+        # The kept weights are stored once: in the run's logged model, not as an artifact.
+        assert "best.pt" not in artifacts and "model_error" not in tags
+        weights = run_weights(uri, child.info.run_id, tmp_path / "weights" / child.info.run_id)
+        assert weights.name == "best.pt" and weights.stat().st_size > 1e6
     # Finished trials keep their small files; the weights live in MLflow only.
     (outputs,) = (tmp_path / "studies" / "probe_grid").glob("*/outputs")
     assert len(list(outputs.glob("*/metrics.json"))) == 4 and not list(outputs.rglob("*.pt"))
@@ -131,29 +146,58 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
     assert report.is_file()
 
 
-def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(
-    ray_address, tiny, tmp_path, monkeypatch
-):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_ENV, str(marker))
+def kill_at_first_checkpoint(trial_dir_glob: str, root: Path, killed: list, deadline_s: float):
+    """Wait for Tune to persist a trial's first checkpoint, then SIGKILL the trial's process.
+
+    Tune writes each report to the trial's result.json with the pid of the process that
+    reported it; the checkpoint folder beside it appears when Tune has registered it.
+    """
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and not killed:
+        for trial_dir in root.glob(trial_dir_glob):
+            results = trial_dir / "result.json"
+            lines = results.read_text().splitlines() if results.is_file() else []
+            if not (any(trial_dir.glob("checkpoint_*")) and lines):
+                continue
+            try:  # Tune may be writing the line right now: read it again on the next poll
+                pid = json.loads(lines[0])["pid"]
+            except json.JSONDecodeError:
+                continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(ray_address, tiny, tmp_path):
     spec = probe_spec("probe_crash", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
-    argv = study_argv(tmp_path, tiny, "--no-report", "--set", "epochs=3")
+    # 6 short epochs leave the killer time to act after the first checkpoint.
+    argv = study_argv(tmp_path, tiny, "--no-report", "--set", "epochs=6")
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_at_first_checkpoint,
+        args=("probe_crash/*/lsd_seed=0", tmp_path / "studies", killed, 300.0),
+        daemon=True,
+    )
+    killer.start()
     assert main(spec, str(tmp_path / "probe_crash.py"), argv) == 0
-    assert marker.exists()  # the trial did die once
+    killer.join(timeout=1)
+    assert killed, "the trial's process was not killed before the study ended"
     _, _, children = runs_of(tmp_path, "probe_crash")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     (result_file,) = (tmp_path / "studies" / "probe_crash").glob("*/lsd_seed=0/result.json")
     steps = [json.loads(line).get("step") for line in result_file.read_text().splitlines()]
     evaluations = [s for s in steps if s is not None]
     # Restarted from scratch, the first evaluation's step would appear twice.
-    assert evaluations == sorted(set(evaluations)) and len(evaluations) == 3
+    assert evaluations == sorted(set(evaluations)) and len(evaluations) == 6
 
 
 def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, tiny, tmp_path):
     study_file = tmp_path / "probe_resume.py"
     study_file.write_text(
         "import sys\n"
-        "from uslearn.study import StudySpec, main\n"
+        "from uslearn.study import StudySpec\n"
+        "from uslearn.study_cli import main\n"
         "SPEC = StudySpec(name='probe_resume', title='resume test', fixed={'k': 0, 'strategy': 'lsd'},\n"
         "                 grid={'lam': [1.0, 2.0, 5.0]}, seeds=(0,))\n"
         "if __name__ == '__main__':\n"
@@ -182,8 +226,6 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, t
     assert len(finished) < 3
     before = {c.data.tags["trial_id"]: c.info.end_time for c in finished}
 
-    from uslearn.study.cli import load_study
-
     spec, file = load_study(str(study_file))
     assert main(spec, file, [*argv, "--resume"]) == 0
     _, parents, children = runs_of(tmp_path, "probe_resume")
@@ -202,14 +244,13 @@ def test_smoke_test_runs_one_trial_of_the_first_cell_on_the_tiny_phantom(
     ray_address, tiny, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("USLEARN_DATA", str(tiny.parent))  # where --smoke-test looks for "tiny"
-    from uslearn.study.cli import load_study
-
     spec, file = load_study("lambda_sensitivity")
     argv = ["--smoke-test", "--no-report", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     assert main(spec, file, [*argv, "--storage", str(tmp_path / "studies")]) == 0
     _, _, children = runs_of(tmp_path, "lambda_sensitivity")
     (child,) = children
-    assert child.info.run_name == "pica lam=0.5 seed=0" and child.data.params["steps"] == "2"
+    assert child.info.run_name == "pica lam=0.5 seed=0" and child.data.params["epochs"] == "1"
+    assert "steps" not in child.data.params  # PICA runs for epochs; it logs no steps
 
 
 def test_a_two_worker_trial_runs_as_a_ddp_train_job(ray_address, tiny, tmp_path):

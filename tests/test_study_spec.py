@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from uslearn.config import ConfigError
+from uslearn.errors import UserError
+from uslearn.strategies import names
 from uslearn.study import dryrun
-from uslearn.study.cli import _resources, load_study, main, parse_sets
 from uslearn.study.resources import (
     Resources,
     concurrency,
@@ -31,6 +32,7 @@ from uslearn.study.spec import (
     validate,
 )
 from uslearn.study.trial import follow_pointer, for_tune, pointer_checkpoint, trial_name
+from uslearn.study_cli import _resources, load_study, main, parse_sets
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.py"))
 
@@ -40,8 +42,8 @@ def make_spec(**changes) -> StudySpec:
     fields = {
         "name": "probe",
         "title": "probe study",
-        "fixed": {"k": 0, "alpha": 1.05},
-        "arms": {"pica": {"strategy": "pica"}, "lsd": {"strategy": "lsd"}},
+        "fixed": {"k": 0},
+        "arms": {"pica": {"strategy": "pica"}, "lsd": {"strategy": "lsd", "alpha": 1.05}},
         "grid": {"lam": [0.5, 2.0, 10.0]},
         "seeds": (0, 1, 2, 3),
     }
@@ -74,17 +76,54 @@ def test_cpu_demo_profile_keeps_the_first_seeds_and_shrinks_the_images():
     assert plan.base["image_size"] == 32 and plan.base["device"] == "cpu"
 
 
-def test_precedence_is_fixed_then_profile_then_study_override_then_cli_then_cell():
-    spec = make_spec(
-        fixed={"k": 0, "epochs": 500, "lr": 0.1, "alpha": 1.05},
-        profile_overrides={"cpu-demo": {"lr": 0.01, "batch_exams": 8}},
-    )
-    plan = make_plan(spec, "cpu-demo", overrides={"batch_exams": 4, "lam": 99.0})
+def test_precedence_is_fixed_then_profile_then_cli_then_cell():
+    spec = make_spec(fixed={"k": 0, "epochs": 500, "lr": 0.1, "image_size": 48})
+    plan = make_plan(spec, "cpu-demo", overrides={"lr": 0.01})
     config = plan.trial_config({"cell": "lsd lam=2", "seed": 1})
-    assert config["epochs"] == plan.profile.overrides["epochs"]  # profile beats fixed
-    assert config["lr"] == 0.01  # the study's profile override beats the profile
-    assert config["batch_exams"] == 4  # the command line beats the study
+    assert config["epochs"] == plan.profile.lengths["epochs"]  # the profile beats fixed
+    assert config["image_size"] == plan.profile.overrides["image_size"]
+    assert config["lr"] == 0.01  # the command line beats the study
     assert config["lam"] == 2.0 and config["seed"] == 1  # the cell beats everything
+    cli = make_plan(spec, "cpu-demo", overrides={"epochs": 7})
+    assert cli.trial_config({"cell": "lsd lam=2", "seed": 1})["epochs"] == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        (
+            {"lam": 99.0},
+            r"--set lam=99.0: study 'probe' sweeps it over its grid \[0.5, 2.0, 10.0\]",
+        ),
+        ({"strategy": "iic"}, r"--set strategy='iic': .* sets it in its arm 'pica'"),
+        ({"seed": 3}, r"--set seed=3: .*use --seeds N"),
+        ({"device": "cuda"}, r"--set device='cuda': .*trial resources"),
+    ],
+)
+def test_an_override_that_a_trial_would_ignore_is_refused(override, names):
+    with pytest.raises(ConfigError, match=names):
+        make_plan(make_spec(), "cpu-demo", overrides=override)
+
+
+def test_a_search_dimension_cannot_be_set_and_dry_run_never_prints_a_swept_value():
+    search = Search(space={"lam": LogUniform(0.1, 10.0)}, num_samples={"default": 2})
+    arms = {"lsd": {"strategy": "lsd"}}
+    spec = make_spec(fixed={"k": 0, "lam": 5.0}, arms=arms, grid={}, search=search)
+    with pytest.raises(ConfigError, match=r"--set lam=1.0: .* searches it over LogUniform"):
+        make_plan(spec, "cpu-demo", overrides={"lam": 1.0})
+    text = dryrun.describe(make_plan(spec, "cpu-demo"), {"CPU": 2.0}, None, 0.0)
+    shared = next(line for line in text.splitlines() if line.startswith("shared config:"))
+    assert "lam=" not in shared and "k=0" in shared
+
+
+def test_each_trial_gets_the_length_of_its_strategys_unit():
+    arms = {"pica": {"strategy": "pica"}, "fm": {"strategy": "fixmatch_two"}}
+    plan = make_plan(make_spec(fixed={}, arms=arms, grid={}), "gpu")
+    validate(plan)  # neither trial gets the other's length key
+    pica = plan.trial_config({"cell": "pica", "seed": 0})
+    fixmatch = plan.trial_config({"cell": "fm", "seed": 0})
+    assert pica["epochs"] == 30 and "steps" not in pica
+    assert fixmatch["steps"] == 1500 and "epochs" not in fixmatch
 
 
 def test_device_and_workers_follow_the_trial_resources():
@@ -96,10 +135,14 @@ def test_device_and_workers_follow_the_trial_resources():
 
 def test_validate_names_the_cell_of_an_unknown_key():
     spec = make_spec(arms={"sup": {"strategy": "supervised"}}, grid={"lam": [1.0]})
-    with pytest.raises(
-        ConfigError, match=r"cell 'sup lam=1'.*unknown key\(s\) \['alpha', 'k', 'lam'\]"
-    ):
+    with pytest.raises(ConfigError, match=r"cell 'sup lam=1'.*unknown key\(s\) \['k', 'lam'\]"):
         validate(make_plan(spec, "paper"))
+    pica = make_spec(arms={"pica": {"strategy": "pica", "alpha": 1.05}}, grid={})
+    with pytest.raises(ConfigError, match=r"cell 'pica'.*unknown key\(s\) \['alpha'\]"):
+        validate(make_plan(pica, "paper"))  # PICA has no α
+    nameless = make_spec(arms={"x": {}}, grid={})
+    with pytest.raises(ConfigError, match="cell 'x' seed 0: no strategy given"):
+        validate(make_plan(nameless, "paper"))
 
 
 def test_validate_rejects_an_out_of_range_value():
@@ -125,6 +168,7 @@ def test_a_search_runs_one_seed_and_its_sampled_values_win():
     assert plan.trial_config({"lam": 3.0, "k": 8}) | {} == {
         **plan.base,
         "strategy": "lsd",
+        "epochs": plan.profile.lengths["epochs"],
         "lam": 3.0,
         "k": 8,
     }
@@ -219,6 +263,19 @@ def test_command_line_overrides_resources_and_config():
         parse_sets(["lr"])
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e999"])
+def test_set_refuses_a_non_finite_number(value):
+    with pytest.raises(UserError, match=f"--set lam={value}: expected a finite number"):
+        parse_sets([f"lam={value}"])
+
+
+def test_resources_refuse_nan():
+    with pytest.raises(ConfigError, match="expected GPUs >= 0 and CPUs > 0"):
+        Resources(1, float("nan"), 1.0)
+    with pytest.raises(ConfigError, match="expected GPUs >= 0 and CPUs > 0"):
+        Resources(1, 0.0, float("nan"))
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("inits_exist", [True, False], ids=["with-inits", "without-inits"])
 def test_every_study_builds_and_validates_its_spec_without_starting_ray(
@@ -243,7 +300,9 @@ def test_the_paper_grids_have_the_papers_sizes():
     lam, _ = load_study("lambda_sensitivity")
     assert make_plan(lam, "paper").num_trials() == 40  # {PICA, LSD} x 5 lambdas x 4 seeds
     table, _ = load_study("unsupervised_table")
-    assert make_plan(table, "paper").num_trials() == 10  # {PICA, LSD} at lambda=2 x 5 seeds
+    # Every clustering method (PICA, LSD, ...) at its default weights x 5 seeds.
+    assert make_plan(table, "paper").num_trials() == 5 * len(names("clustering")) >= 10
+    assert {"pica", "lsd"} <= set(table.arms)
 
 
 def test_label_fraction_skips_missing_inits_and_says_so(tmp_path, monkeypatch):
@@ -365,3 +424,34 @@ def test_tune_persists_a_pointer_to_the_runs_checkpoint_not_the_weights(tmp_path
     assert follow_pointer(str(holder)) == str(checkpoint.resolve())
     assert follow_pointer(str(checkpoint)) == str(checkpoint)  # a plain checkpoint directory
     assert follow_pointer(None) is None
+
+
+def test_without_an_address_a_study_starts_its_own_local_ray(monkeypatch):
+    import ray
+
+    from uslearn.study import runner
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    runner.connect(None, "in-process")
+    # Without address="local", ray.init joins whatever Ray already runs on the machine.
+    assert calls == [
+        {"address": "local", "resources": {"TRAIN_DRIVER": 1}, "include_dashboard": False}
+    ]
+
+
+@pytest.mark.parametrize("strategy, metric", [("lsd", "epoch"), ("fixmatch_two", "step")])
+def test_asha_measures_time_in_the_strategys_own_unit(strategy, metric):
+    from uslearn.strategies import entry
+    from uslearn.study.runner import _search_config
+
+    search = Search(space={"lr": LogUniform(1e-5, 1e-3)}, num_samples={"default": 4})
+    spec = make_spec(arms={"a": {"strategy": strategy}}, grid={}, fixed={}, search=search)
+    plan = make_plan(spec, "gpu")
+    scheduler = _search_config(plan, 2, str).scheduler
+    length = plan.profile.lengths[entry(strategy).unit]  # 30 epochs or 1 500 steps
+    # One past the last evaluation: ASHA never stops a trial before its test metrics.
+    assert scheduler._time_attr == metric and scheduler._max_t == length + 1

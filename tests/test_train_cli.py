@@ -62,6 +62,8 @@ def test_train_logs_one_mlflow_run_with_contract_names(tiny_phantom, tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["strategy"] == "supervised" and run.data.params["init_kind"] == "random"
+    assert run.data.params["family"] == "supervised" and "steps" not in run.data.params
+    assert run.data.tags["git_sha"] and run.info.status == "FINISHED"
     assert len(run.data.params["dataset_fingerprint"]) == 16
     for name in ("test/f1_weighted", "val/f1_weighted", "test/f1/liver", "train/loss", "best_step"):
         assert name in run.data.metrics, name

@@ -6,7 +6,7 @@ returns float32 ``(B, 1, S, S)`` in [0, 1] on the input's device. Randomness com
 views. The geometric part of a view (crop, flip, translate, rotate, shear and the resize to S) is
 one ``affine_grid`` + ``grid_sample`` sampling straight from the stored image; the intensity
 ops are vectorised with per-image magnitudes. No per-image Python loop anywhere: a pipeline of
-PIL images cannot feed a GPU at > 10 000 img/s (METHODS.md, GPU_NOTES.md).
+PIL images cannot feed a GPU at > 10 000 img/s (docs/GPU.md).
 
 Pixels sampled from outside the image are 0, the black background of a B-mode frame. Images are
 assumed square (the dataset contract stores them so); the views are S × S.

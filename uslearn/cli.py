@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from uslearn import __version__
-from uslearn.errors import UserError
+from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
 from uslearn.log import configure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every sub-command (data, train, study, report, use)."""
+    """Return the top-level parser with every sub-command (data, train, study, report, and
+    register, predict, curate: using a trained model)."""
     from analysis import cli as report_cli
-    from uslearn import train_cli
+    from uslearn import predict_cli, study_cli, train_cli
     from uslearn.data import cli as data_cli
-    from uslearn.inference import cli as inference_cli
-    from uslearn.study import cli as study_cli
+    from uslearn.phantom import cli as phantom_cli
 
     parser = argparse.ArgumentParser(
         prog="uslearn",
@@ -38,16 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="{data,train,study,report,register,predict,curate}"
     )
     sub.required = True
-    data_cli.register(sub)
+    phantom_cli.register(data_cli.register(sub))
     train_cli.register(sub)
     study_cli.register(sub)
     report_cli.register(sub)
-    inference_cli.register(sub)
+    predict_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the process exit code (2 for a user error)."""
+    """Run the command line; return the process exit code.
+
+    2 for bad input (``UserError``), 1 for a fault of the machine (``EnvError``, or an OSError
+    such as disk full or permission denied), each as one line on stderr; ``-v`` adds the
+    traceback of the latter.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     configure(args.verbose)
@@ -56,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"uslearn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (EnvError, OSError) as err:
+        if isinstance(err, OSError) and not is_environment_error(err):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        text = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        print(f"uslearn {args.command}: error: {text}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"uslearn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,14 +1,17 @@
-"""Typed configuration: frozen dataclasses that flatten to ``key=value`` dicts and back.
+"""Typed configuration: frozen dataclasses built from flat ``key=value`` dicts.
 
 Flat dicts are what MLflow params and Ray Tune search spaces are, so a config crosses those
-boundaries without a translation layer: ``flatten(cfg)`` → MLflow params / Tune ``param_space``
-keys; ``from_flat(Cls, d)`` ← the dict a Tune trial receives. Unknown keys and wrongly typed
-values raise at construction (STYLE §1.4: fail loudly), naming the key and what was expected.
+boundaries without a translation layer: ``dataclasses.asdict`` of a run's configs gives its
+MLflow params; ``from_flat(Cls, d)`` / ``split_flat(d, *classes)`` rebuild the configs from the
+dict a Tune trial receives. Unknown keys and wrongly typed values raise at construction (fail
+loudly), naming the key and what was expected.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -31,21 +34,28 @@ def field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def flatten(*configs: Any) -> dict[str, Scalar]:
-    """Return one flat dict of every field of the given dataclass instances.
+def _non_finite(value: Any) -> bool:
+    """Return True for a number or numeric string that is nan or infinite."""
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def finite_float(text: str) -> float:
+    """Return ``text`` as a float: the argparse ``type`` of every numeric flag that takes one.
 
     Raises:
-        ConfigError: if two configs share a field name (a flat namespace must be unambiguous).
+        argparse.ArgumentTypeError: ``nan``, ``inf`` or a number out of float range (argparse
+            turns it into one usage line, exit 2); nan would pass every range check after.
     """
-    flat: dict[str, Scalar] = {}
-    for cfg in configs:
-        for key, value in dataclasses.asdict(cfg).items():
-            if key in flat:
-                raise ConfigError(
-                    f"field '{key}' appears in more than one config: flat names must be unique"
-                )
-            flat[key] = value
-    return flat
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: expected a finite number")
+    return value
 
 
 def _coerce(cls_name: str, key: str, value: Any, annotation: Any) -> Any:
@@ -85,6 +95,8 @@ def _coerce(cls_name: str, key: str, value: Any, annotation: Any) -> Any:
             except ValueError:
                 pass
     elif annotation is float:
+        if _non_finite(value):  # nan passes every range check and inf overflows later
+            raise ConfigError(f"{cls_name}.{key}={value!r}: expected a finite number")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
@@ -133,8 +145,26 @@ def split_flat(flat: dict[str, Any], *classes: type) -> tuple:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Return the flat mapping stored in a YAML file (a top-level mapping of scalars)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """Return the flat mapping stored in a YAML file (a top-level mapping of scalars).
+
+    Raises:
+        ConfigError: a missing or unreadable file, or YAML that does not parse (with its line).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
     return data

@@ -1,4 +1,4 @@
-"""The paper's losses as pure functions on tensors (equation numbers of the paper, METHODS.md).
+"""The paper's losses as pure functions on tensors, with its equation numbers (docs/METHODOLOGY.md).
 
 Shapes: N = batch, K = clusters / label combinations, C = classes. Every function returns
 tensors on the input's device and never calls ``.item()``, so a training step stays free of
@@ -211,3 +211,45 @@ def fixmatch_two_head_loss(
         "mask_rate": mask_rate,
     }
     return total, parts
+
+
+def iic_loss(p_a: Tensor, p_b: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """IIC (Ji, Henriques, Vedaldi, ICCV 2019): minus the mutual information of two views' clusters.
+
+    P = (1/N) Σ_i p_a[i] p_b[i]ᵀ, symmetrised to (P + Pᵀ)/2: the joint distribution of the
+    cluster z of an image and z' of its other view; P_c, P_c' its marginals. Their Eq. 3:
+    I(z, z') = Σ_c Σ_c' P_cc' · log(P_cc' / (P_c · P_c')), and the loss is −I. Since
+    I = H(z) − H(z | z'), a high I needs views that agree and clusters that are all used.
+
+    Choices (the reference code differs): the plain objective, i.e. its entropy weight
+    ``lamb`` = 1; and the logs take max(·, Z_EPS) while the weights P_cc' stay as they are,
+    so an empty entry adds 0 (the limit of x log x) with a finite gradient, where the reference
+    overwrites entries below machine epsilon in place (their value and their gradient).
+
+    Args:
+        p_a: (N, K) cluster probabilities of view a (softmax already applied).
+        p_b: (N, K) cluster probabilities of view b.
+
+    Returns:
+        ``(−I, {"mi": I, "entropy": H(P_c)})``: the scalar loss, and detached I and the entropy
+        of the cluster marginal (log K when every cluster is used equally; 0 when collapsed).
+    """
+    _check_probs("p_a", p_a)
+    _check_probs("p_b", p_b)
+    if p_a.shape != p_b.shape:
+        raise ValueError(f"views differ in shape: {tuple(p_a.shape)} vs {tuple(p_b.shape)}")
+    if p_a.dtype in (torch.float16, torch.bfloat16):
+        p_a, p_b = p_a.float(), p_b.float()  # logs of small joint entries need the mantissa
+    joint = p_a.transpose(0, 1) @ p_b / p_a.shape[0]  # (K, K)
+    joint = (joint + joint.transpose(0, 1)) / 2
+    joint = joint / joint.sum().clamp_min(Z_EPS)  # sums to 1 up to rounding; exactly 1 here
+    p_c = joint.sum(dim=1, keepdim=True)  # (K, 1)
+    p_c2 = joint.sum(dim=0, keepdim=True)  # (1, K)
+    log_ratio = (
+        torch.log(joint.clamp_min(Z_EPS))
+        - torch.log(p_c.clamp_min(Z_EPS))
+        - torch.log(p_c2.clamp_min(Z_EPS))
+    )  # (K, K)
+    mi = (joint * log_ratio).sum()  # Eq. 3
+    entropy = -(p_c * torch.log(p_c.clamp_min(Z_EPS))).sum()
+    return -mi, {"mi": mi.detach(), "entropy": entropy.detach()}

@@ -8,13 +8,15 @@ other heads (deep-clustering initialisation, strategy 4).
 
 Input is grayscale ``(B, 1, H, W)`` in [0, 1]. The default ``stem="repeat"`` normalises it with
 ImageNet's per-channel mean/std and repeats it to 3 channels: cuDNN is faster with 3 input
-channels than with 1 (GPU_NOTES.md, benchmarks/model_stem.py), and ImageNet weights load as they
+channels than with 1 (docs/GPU.md, benchmarks/model_stem.py), and ImageNet weights load as they
 are. ``stem="gray"`` is a 1-channel ``conv1`` whose ImageNet weights are the sum over RGB.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
-from uslearn.errors import UserError
+from uslearn.errors import UserError, is_environment_error
 from uslearn.log import get_logger
 
 log = get_logger(__name__)
@@ -162,12 +164,35 @@ def _load_into_backbone(
     return report
 
 
-def _torch_load(path: Path) -> object:
-    """Return the object stored at path, as a UserError when it is not a readable torch file."""
+def load_file(path: str | Path) -> object:
+    """Return the object stored in a torch file, loaded with ``weights_only=True``.
+
+    Only tensors, numbers, strings and containers are loaded: a pickle of anything else can
+    run code, so such a file is refused rather than loaded with ``weights_only=False`` (and
+    torch's advice to do so is not passed on).
+
+    Raises:
+        UserError: one line naming the file: empty, truncated or corrupt, or holding other
+            Python objects. Disk and permission errors pass as OSError.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise UserError(f"{path}: cannot be read as a torch file ({exc})") from exc
+    except OSError as err:
+        if is_environment_error(err) or isinstance(err, FileNotFoundError):
+            raise
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise UserError(f"{path}: not a torch file, or a corrupt one") from None
+        raise UserError(
+            f"{path}: holds a Python object ({found.group(1)}) besides tensors, numbers and "
+            "containers; uslearn does not load such files (unpickling them can run code)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        # A truncated zip archive: "PytorchStreamReader failed reading zip archive: ...".
+        reason = str(err).split(". ")[0] if str(err) else "empty"
+        raise UserError(f"{path}: truncated or corrupt torch file ({reason})") from None
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -190,14 +215,35 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Tensor], dict]:
+    """Return (file, model state dict without DDP/compile prefixes, training config) of a checkpoint.
+
+    Args:
+        path: a ``.pt`` file or a directory holding ``best.pt``/``checkpoint.pt``; the file is a
+            dict whose ``"model"`` entry is a ``Network`` state dict (and whose ``"config"`` is
+            the run's ``TrainConfig`` as a dict: ``{}`` when absent); a bare ``Network`` state
+            dict is accepted too.
+
+    Raises:
+        UserError: nothing there, an unreadable file, or no state dict in it.
+    """
+    file = checkpoint_file(path)
+    payload = load_file(file)
+    config = {}
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
+        raise UserError(f"{file}: expected a dict with a 'model' state dict")
+    return file, _strip_wrappers(payload), config
+
+
 def load_backbone(network: Network, path: str | Path) -> dict[str, list[str]]:
     """Load the backbone of a clustering checkpoint into network, dropping its heads.
 
     Args:
         network: the model to initialise; its heads are left as they are.
-        path: a ``.pt`` file or a directory holding ``best.pt``/``checkpoint.pt``; the file is a
-            dict whose ``"model"`` entry is a ``Network`` state dict (a bare ``Network`` state
-            dict is accepted too). DDP/compile key prefixes are stripped.
+        path: a checkpoint (see ``read_checkpoint``).
 
     Returns:
         ``{"missing": [...], "unexpected": [...], "mismatched": [...]}`` backbone keys (without
@@ -208,13 +254,7 @@ def load_backbone(network: Network, path: str | Path) -> dict[str, list[str]]:
     Raises:
         UserError: unreadable file, no ``"model"`` state dict, or no backbone tensor fits.
     """
-    file = checkpoint_file(path)
-    payload = _torch_load(file)
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
-        raise UserError(f"{file}: expected a dict with a 'model' state dict")
-    state = _strip_wrappers(payload)
+    file, state, _ = read_checkpoint(path)
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
         raise UserError(
@@ -223,41 +263,35 @@ def load_backbone(network: Network, path: str | Path) -> dict[str, list[str]]:
     return _load_into_backbone(network, backbone, str(file))
 
 
-def load_network(path: str | Path) -> tuple[Network, dict]:
-    """Rebuild the whole ``Network`` a checkpoint holds: its heads and stem read from the weights.
+def load_network(path: str | Path, head: str | None = None) -> tuple[Network, dict]:
+    """Return the whole network saved in a checkpoint (in eval mode) and its training config.
+
+    Head names and sizes and the stem are read from the state dict, so any checkpoint the
+    training loop wrote loads without knowing its strategy.
 
     Args:
-        path: a ``.pt`` file or a directory holding ``best.pt``/``checkpoint.pt``; the file is a
-            dict whose ``"model"`` entry is a ``Network`` state dict (as the training loop saves).
-
-    Returns:
-        ``(network, payload)``: the network with every tensor loaded (strict), in eval mode on
-        the CPU, and the file's dict (``payload["config"]`` is the run's TrainConfig, if saved).
+        path: a checkpoint (see ``read_checkpoint``).
+        head: a head the network must have (e.g. ``"cluster"``), or None.
 
     Raises:
-        UserError: unreadable file, no ``"model"`` state dict, no head, or tensors that do not fit.
+        UserError: unreadable checkpoint, ``head`` missing, or a state dict that does not fit.
     """
-    file = checkpoint_file(path)
-    payload = _torch_load(file)
-    state = payload.get("model") if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise UserError(f"{file}: expected a dict with a 'model' state dict")
-    state = _strip_wrappers(state)
+    file, state, config = read_checkpoint(path)
     heads = {
-        key.split(".")[1]: int(value.shape[0])
-        for key, value in state.items()
-        if key.startswith("heads.") and key.endswith(".weight")
+        k.split(".")[1]: int(v.shape[0])
+        for k, v in state.items()
+        if k.startswith("heads.") and k.endswith(".weight")
     }
-    if not heads:
-        raise UserError(f"{file}: its model state dict has no 'heads.*' entries")
+    if head is not None and head not in heads:
+        raise UserError(f"{file}: its model has heads {sorted(heads)}, no '{head}' head")
     conv1 = state.get("backbone.conv1.weight")
-    network = Network(heads, stem="gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat")
+    stem = "gray" if conv1 is not None and conv1.shape[1] == 1 else "repeat"
     try:
+        network = Network(heads, stem=stem)
         network.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{file}: weights do not fit a ResNet18 Network ({first})") from None
-    return network.eval(), payload
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"{file}: not a uslearn network checkpoint ({err})") from err
+    return network.eval(), config
 
 
 def imagenet_weights_file() -> Path:
@@ -286,7 +320,7 @@ def load_imagenet(network: Network, weights: str | Path | None = None) -> dict[s
             f"elsewhere and put it at {imagenet_weights_file()} (the torch hub cache; set "
             "TORCH_HOME to move it) or pass the file with --weights FILE"
         )
-    state = _torch_load(file)
+    state = load_file(file)
     if not isinstance(state, dict):
         raise UserError(f"{file}: expected a ResNet18 state dict")
     return _load_into_backbone(network, _strip_wrappers(state), str(file), ignore=("fc.",))

@@ -19,7 +19,7 @@ def data_dir() -> Path:
 def default_tracking_uri() -> str:
     """Return ``$MLFLOW_TRACKING_URI`` or a sqlite file under the runs directory.
 
-    MLflow 3 refuses the plain file store, so local runs use sqlite (RAY_NOTES.md).
+    MLflow 3 refuses the plain file store, so local runs use sqlite (docs/RAY_MLFLOW.md).
     """
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]

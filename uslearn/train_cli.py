@@ -3,41 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import os
+import re
+import shutil
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 from uslearn.config import load_yaml
-from uslearn.strategies.config import STRATEGY_NAMES, ClusteringConfig, FixMatchConfig, TrainConfig
+from uslearn.data.cli import add_verify_data
+from uslearn.data.dataset import Dataset
+from uslearn.data.writer import normalise, target_lock
+from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
+from uslearn.strategies.registry import STRATEGY_NAMES, config_classes, resolved_config
+from uslearn.study.tracking import RUN_FILES
 
 # Flags whose name in the issue/paper differs from the config field.
 ALIASES = {"image_size": ["--size"]}
 _SKIP = {"strategy", "workers"}
 
 
-def _config_fields() -> list[tuple[type, dataclasses.Field]]:
-    """Return every (config class, field) that ``uslearn train`` exposes as a flag."""
-    return [
-        (cls, f)
-        for cls in (TrainConfig, ClusteringConfig, FixMatchConfig)
-        for f in dataclasses.fields(cls)
-        if f.name not in _SKIP
-    ]
+def _config_fields() -> dict[str, tuple[dataclasses.Field, type, list[str]]]:
+    """Return field name -> (field, its type, the strategies that read it), registry order."""
+    out: dict[str, tuple[dataclasses.Field, type, list[str]]] = {}
+    for strategy in STRATEGY_NAMES:
+        for cls in config_classes(strategy):
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if f.name not in _SKIP:
+                    out.setdefault(f.name, (f, hints[f.name], []))[2].append(strategy)
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``uslearn train`` to the top-level parser."""
     parser = sub.add_parser(
         "train",
-        help="Train one strategy (pica, lsd, supervised, fixmatch_one, fixmatch_two) on a dataset directory.",
+        help=f"Train one strategy ({', '.join(STRATEGY_NAMES)}) on a dataset directory.",
         description=(
             "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
             "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
-            "thresholds.json, per_class.csv, best.pt, package.json (the model package that "
-            "'uslearn predict --model' takes) and checkpoint/ into --out; with --mlflow the "
-            "run also logs the package as an MLflow model (runs:/RUN_ID/model)."
+            "thresholds.json, per_class.csv, best.pt, package.json (--out is then a model package "
+            "that 'uslearn predict --model' takes) and checkpoint/ into --out: a new or empty folder, "
+            "or an earlier run's with --resume (same config; only the length may change) or "
+            "--overwrite. With --mlflow the run logs the package as its MLflow model "
+            "(runs:/RUN_ID/model). "
+            "Exit 2 for bad input, 1 for a fault of the machine (disk full, permission denied)."
         ),
     )
     parser.add_argument(
@@ -63,8 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--experiment", default="uslearn-train", help="MLflow experiment name (with --mlflow)"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from --out/checkpoint if it exists"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint/ (same config; only --epochs or "
+        "--steps may change)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its uslearn outputs only)",
+    )
+    add_verify_data(parser, "before training")
     parser.add_argument(
         "--workers",
         type=int,
@@ -72,27 +97,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="DDP processes on this machine (gloo on CPU, nccl on GPUs); --batch-exams is per process",
     )
     group = parser.add_argument_group(
-        "run configuration (defaults in parentheses; strategy-specific keys apply to their strategy only)"
+        "run configuration (default; the strategies that read it, when not all of them)"
     )
     fields = _config_fields()
-    hints: dict[str, typing.Any] = {}
-    for cls, f in fields:
-        hints.update(typing.get_type_hints(cls))
-        flag = "--" + f.name.replace("_", "-")
-        doc = f"{cls.__name__}.{f.name} ({f.default})"
-        if hints[f.name] is bool:
+    for name, (f, kind, strategies) in fields.items():
+        flag = "--" + name.replace("_", "-")
+        readers = "" if len(strategies) == len(STRATEGY_NAMES) else f"; {', '.join(strategies)}"
+        doc = f"({f.default}{readers})"
+        if kind is bool:
             group.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc
             )
         else:
-            group.add_argument(flag, *ALIASES.get(f.name, []), dest=f.name, default=None, help=doc)
-    parser.set_defaults(func=_train, _config_fields=[f.name for _, f in fields])
+            group.add_argument(flag, *ALIASES.get(name, []), dest=name, default=None, help=doc)
+    parser.set_defaults(func=_train, _config_fields=list(fields))
 
 
 def _train(args: argparse.Namespace) -> int:
-    from uslearn.errors import UserError
-    from uslearn.strategies import evaluation, resolved_config, run
-
+    # Everything a user gave is checked before torch is imported (seconds under load).
     config = load_yaml(args.config) if args.config else {}
     config.update(
         {
@@ -104,14 +126,33 @@ def _train(args: argparse.Namespace) -> int:
     config["strategy"] = args.strategy
     config["workers"] = args.workers
     resolved = resolved_config(config)  # validates every key before any work starts
-    resume_from = (
-        args.out / "checkpoint"
-        if args.resume and (args.out / "checkpoint" / "checkpoint.pt").is_file()
-        else None
-    )
-    if args.resume and resume_from is None:
-        print(f"no checkpoint in {args.out / 'checkpoint'}: starting from scratch", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1 and (args.mlflow is not None or args.resume):
+        raise UserError(
+            "--workers > 1 runs without --mlflow and --resume here; use a study (Ray Train) for those"
+        )
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out, --overwrite replaces it: give one")
+    _check_init(resolved["init"])
+    check_out(args.out, args.resume, args.overwrite)
+    if args.mlflow is not None:
+        from uslearn.study.tracking import probe
+
+        probe(args.mlflow)  # seconds, not MLflow's minutes of retries, for a wrong URI
+    data = Dataset.open(args.data)
+    if args.verify_data != "none":
+        print(data.verify(args.verify_data), file=sys.stderr)
+    with run_folder(args.out, args.resume, args.overwrite) as resume_from:
+        final = _fit(args, config, data, resolved, resume_from)
+    if not final:
+        raise UserError("training returned no metrics")
+    return 0
+
+
+def _fit(
+    args: argparse.Namespace, config: dict, data: Dataset, resolved: dict, resume_from
+) -> dict[str, float]:
+    """Train (imports torch), print the per-class table and the metrics; return them."""
+    from uslearn.strategies import evaluation, run
 
     def show(metrics: dict[str, float], checkpoint: str | None) -> None:
         print(
@@ -120,50 +161,20 @@ def _train(args: argparse.Namespace) -> int:
         )
 
     if args.workers > 1:
-        if args.mlflow is not None or resume_from is not None:
-            raise UserError(
-                "--workers > 1 runs without --mlflow and --resume here; use a study (Ray Train) for those"
-            )
         from uslearn.strategies.distributed import run_local_ddp
 
         final = run_local_ddp(config, args.data, args.workers, args.out)[0]
     elif args.mlflow is None:
-        final = run(config, args.data, report=show, out_dir=args.out, resume_from=resume_from)
+        final = run(config, data, report=show, out_dir=args.out, resume_from=resume_from)
     else:
-        import mlflow
+        run_name = f"{args.strategy}-seed{resolved['seed']}"
+        final = _run_tracked(args, config, data, run_name, show, resume_from)
+    from uslearn.inference.package import PACKAGE_JSON, write_package
 
-        from uslearn.data.dataset import Dataset
-        from uslearn.inference.tracking import log_run_model
-
-        data = Dataset.open(args.data)
-        mlflow.set_tracking_uri(args.mlflow)
-        mlflow.set_experiment(args.experiment)
-        with mlflow.start_run(run_name=f"{args.strategy}-seed{resolved['seed']}"):
-            mlflow.log_params({**resolved, "dataset_fingerprint": data.fingerprint})
-
-            def log(metrics: dict[str, float], checkpoint: str | None) -> None:
-                show(metrics, checkpoint)
-                mlflow.log_metrics(metrics, step=int(metrics["step"]))
-
-            final = run(config, data, report=log, out_dir=args.out, resume_from=resume_from)
-            mlflow.log_metrics(final)
-            for name in (
-                "metrics.json",
-                "config.json",
-                "thresholds.json",
-                "per_class.csv",
-                "cluster_labels.csv",
-                "best.pt",
-            ):
-                if (args.out / name).is_file():
-                    mlflow.log_artifact(str(args.out / name))
-            log_run_model(args.mlflow, mlflow.active_run().info.run_id, args.out, data)
+    if not (args.out / PACKAGE_JSON).is_file():  # a tracked run wrote it when logging its model
+        write_package(args.out, data)  # --out is a model package ('uslearn predict --model')
     import pandas as pd
 
-    from uslearn.data.dataset import Dataset
-    from uslearn.inference.package import write_package
-
-    write_package(args.out, Dataset.open(args.data))  # --out is now a model package
     report = pd.read_csv(args.out / "per_class.csv", index_col="class")
     print(evaluation.format_report(report))
     print(
@@ -173,6 +184,153 @@ def _train(args: argparse.Namespace) -> int:
         )
     )
     print(f"outputs in {args.out}")
-    if not final:
-        raise UserError("training returned no metrics")
-    return 0
+    return final
+
+
+def _run_tracked(
+    args: argparse.Namespace, config: dict, data: Dataset, run_name: str, show, resume_from
+) -> dict[str, float]:
+    """Train with one MLflow run, logged by the same path as a study's trials; return metrics."""
+    from uslearn.study import tracking
+
+    tracked = tracking.TrackedRun(
+        args.mlflow,
+        tracking.experiment_id(args.mlflow, args.experiment),
+        run_name,
+        {"git_sha": tracking.git_sha()},
+    )
+    # data_verified says how far the fingerprint logged was checked against the files.
+    params = tracking.run_params(config, data.fingerprint, data_verified=args.verify_data)
+    tracked.log_params(params)
+    return tracking.tracked_run(tracked, config, data, args.out, show, resume_from)
+
+
+def _check_init(init: str) -> None:
+    """Refuse an ``init`` path that does not exist (before torch is imported to load it)."""
+    if init not in ("random", "imagenet") and not Path(init).exists():
+        raise UserError(
+            f"--init {init}: no such file or folder; expected 'random', 'imagenet' or a "
+            "clustering checkpoint (a .pt file or a run folder holding best.pt)"
+        )
+
+
+# What ``uslearn train`` writes into --out; any other name there is someone else's file.
+OUTPUT_NAMES = frozenset((*RUN_FILES, "checkpoint"))
+# Temporary files of ``uslearn.files.replacing`` (``.<name>.tmp-<pid>``) that a kill left.
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)")
+
+
+def _is_leftover(path: Path) -> bool:
+    found = _LEFTOVER.fullmatch(path.name)
+    return found is not None and found["name"] in (*OUTPUT_NAMES, "checkpoint.pt")
+
+
+def has_run(out: Path) -> bool:
+    """Return True when ``out`` holds an earlier ``uslearn train``'s outputs.
+
+    Its weights (``best.pt``, ``checkpoint/``) or its ``config.json`` (a resolved config:
+    ``strategy`` and ``family``) say so; a file that merely shares a name does not.
+    """
+    saved = [out / "best.pt", out / "checkpoint" / "checkpoint.pt", out / "checkpoint" / "best.pt"]
+    if any(path.is_file() for path in saved):
+        return True
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"strategy", "family"} <= set(config)
+
+
+def _foreign(out: Path) -> list[str]:
+    """Return the names in ``out`` that an earlier ``uslearn train`` did not write."""
+    if not out.is_dir():
+        return []
+    run = has_run(out)
+    foreign = []
+    for entry in out.iterdir():
+        if _is_leftover(entry):
+            continue
+        if entry.name == "checkpoint" and entry.is_dir():
+            # A killed run may leave checkpoint/ empty or with temporary files only.
+            foreign += [
+                f"checkpoint/{p.name}"
+                for p in entry.iterdir()
+                if not _is_leftover(p) and not (run and p.name in ("checkpoint.pt", "best.pt"))
+            ]
+        elif not (run and entry.name in RUN_FILES):
+            foreign.append(entry.name)
+    return sorted(foreign)
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that a run would mix with other files or replace without being asked.
+
+    ``out`` may be new, empty, or hold only uslearn's outputs: those of an earlier run need
+    ``--resume`` (with its checkpoint) or ``--overwrite``. Nothing is written here.
+
+    Raises:
+        UserError: naming --out and what to do.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the run's outputs")
+    foreign = _foreign(out)
+    if foreign:
+        raise UserError(
+            f"--out {out}: holds files that uslearn did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder"
+        )
+    if not has_run(out):
+        return
+    if resume and not (out / "checkpoint" / "checkpoint.pt").is_file():
+        raise UserError(
+            f"--resume: {out} holds a run's outputs but no checkpoint/checkpoint.pt to continue "
+            "from; --overwrite trains it again from scratch"
+        )
+    if not (resume or overwrite):
+        raise UserError(
+            f"--out {out}: holds an earlier run; --resume continues it, --overwrite replaces it, "
+            "or give a new --out"
+        )
+
+
+@contextlib.contextmanager
+def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[Path | None]:
+    """Hold --out for one run; yield the checkpoint folder to resume from, or None.
+
+    A lock beside ``out`` (``.<name>.lock``) keeps a second command from writing the same
+    folder meanwhile; leftovers of a killed run's writes are removed, and with ``overwrite``
+    the earlier run's outputs (other files stay: ``check_out`` refused any).
+
+    Raises:
+        UserError: another uslearn command holds the folder.
+        EnvError: ``out`` cannot be created or written (permission denied, read-only disk).
+    """
+    out = normalise(out)
+    checkpoint = out / "checkpoint"
+    with contextlib.ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(target_lock(out))
+            out.mkdir(exist_ok=True)
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+            for folder in (out, checkpoint):
+                for path in folder.glob(".*.tmp-*") if folder.is_dir() else []:
+                    if _is_leftover(path):
+                        path.unlink()
+            if overwrite:
+                for name in OUTPUT_NAMES:
+                    target = out / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        except OSError as err:
+            if not is_environment_error(err):
+                raise
+            raise EnvError(
+                f"--out {describe_os_error(err, out, 'preparing the run folder')}"
+            ) from err
+        if resume and (checkpoint / "checkpoint.pt").is_file():
+            yield checkpoint
+            return
+        if resume:
+            print(f"no checkpoint in {checkpoint}: starting from scratch", file=sys.stderr)
+        yield None

@@ -4,8 +4,10 @@ Problems (the command exits non-zero): a class column missing, an empty split, a
 labelled split without labels, a patient or exam in two splits, ``other`` together with an
 organ, byte-identical or near-duplicate images in two splits (public ultrasound sets have
 this leak: the same frame exported twice under two patients), and store files that changed
-after writing (fingerprint). Notes (printed only): unlabelled rows inside a labelled split,
-classes without a positive example, constant (blank) images.
+after writing (fingerprint), and almost black or flat frames when they are 10 % or more of
+the dataset (a systematic decoding error, such as 12-bit data scaled as 16-bit). Notes
+(printed only): unlabelled rows inside a labelled split, classes without a positive example,
+constant (blank) images, and a few almost black or flat frames.
 
 How duplicates are found: ``uslearn/data/duplicates.py``.
 """
@@ -22,6 +24,12 @@ from uslearn.data.duplicates import cross_split_duplicates
 from uslearn.data.splits import split_counts
 
 EXAMPLES = 3
+# "Almost black": under DARK_SHARE of the pixels brighter than DARK_LEVEL (of 255). A B-mode
+# sector has tissue in far more of it; letterbox padding and the surround are black anyway.
+DARK_LEVEL, DARK_SHARE = 16, 0.01
+FLAT_STD = 2.0  # "flat": pixel standard deviation under 2 grey levels
+SUSPECT_SHARE = 0.10  # from this share of frames, dark or flat frames are a problem
+_CHUNK = 256
 
 
 @dataclass
@@ -74,8 +82,44 @@ def combination_names(labels: np.ndarray) -> pd.Series:
     return pd.Series(names, dtype=object)
 
 
+def dark_and_flat(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (almost black, flat) boolean masks over the (N, H, W) uint8 images.
+
+    Almost black: under DARK_SHARE of the pixels above DARK_LEVEL. Flat: standard deviation
+    under FLAT_STD. Reads the store once, in chunks.
+    """
+    n = len(images)
+    dark, flat = np.empty(n, bool), np.empty(n, bool)
+    for start in range(0, n, _CHUNK):
+        block = np.asarray(images[start : start + _CHUNK]).reshape(min(_CHUNK, n - start), -1)
+        dark[start : start + len(block)] = (block > DARK_LEVEL).mean(axis=1) < DARK_SHARE
+        flat[start : start + len(block)] = block.std(axis=1, dtype=np.float32) < FLAT_STD
+    return dark, flat
+
+
+def _dark_and_flat_findings(dataset: Dataset, problems: list[str], notes: list[str]) -> None:
+    dark, flat = dark_and_flat(dataset.images)
+    ids = dataset.manifest["image_id"].to_numpy()
+    for mask, what in (
+        (dark, f"almost black (under {DARK_SHARE:.0%} of pixels above {DARK_LEVEL}/255)"),
+        (flat & ~dark, f"flat (pixel standard deviation under {FLAT_STD:g})"),
+    ):
+        count = int(mask.sum())
+        if not count:
+            continue
+        shown = ", ".join(ids[np.flatnonzero(mask)[:EXAMPLES]])
+        text = f"{count} of {len(mask)} image(s) are {what}, e.g. {shown}"
+        if count >= SUSPECT_SHARE * len(mask):
+            problems.append(
+                f"{text}: too many for blank frames; check how the import read them "
+                "(e.g. their bit depth, docs/DATA.md)"
+            )
+        else:
+            notes.append(text)
+
+
 def check_dataset(
-    dataset: Dataset, near_duplicate: float = 0.9, verify_fingerprint: bool = True
+    dataset: Dataset, near_duplicate: float = 0.9, verify: str = "full"
 ) -> CheckReport:
     """Return counts and the problems found in ``dataset`` (see the module docstring).
 
@@ -83,7 +127,8 @@ def check_dataset(
         dataset: an opened dataset.
         near_duplicate: residual-thumbnail correlation from which two images in different
             splits count as near-duplicates; > 1 disables the search.
-        verify_fingerprint: recompute the fingerprint from the files (reads the whole store).
+        verify: check the files against meta.json: "full" re-hashes every byte, "sample"
+            16 MiB (``Dataset.verify``), "none" skips it.
     """
     manifest = dataset.manifest
     problems, notes = [], []
@@ -151,9 +196,10 @@ def check_dataset(
                 f"{ids[a]} ({splits[a]}) ~ {ids[b]} ({splits[b]})" for a, b in pairs[:EXAMPLES]
             )
             problems.append(f"{len(pairs)} {what} image pair(s) across splits, e.g. {shown}")
-    if verify_fingerprint:
+    _dark_and_flat_findings(dataset, problems, notes)
+    if verify != "none":
         try:
-            dataset.verify_fingerprint()
+            dataset.verify(verify)
         except DatasetError as err:
             problems.append(str(err))
     return CheckReport(counts, class_counts, combinations, problems, notes)

@@ -1,4 +1,4 @@
-"""``uslearn data ...``: import, import-dicom, phantom, split, check, gallery.
+"""``uslearn data ...``: import, import-dicom, split, check, gallery, locate (phantom: uslearn/phantom).
 
 Heavy imports stay inside the handlers so that ``uslearn --help`` stays fast.
 """
@@ -9,36 +9,49 @@ import argparse
 import os
 from pathlib import Path
 
+from uslearn.config import finite_float
 from uslearn.errors import UserError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``data`` command group to the top-level parser."""
+def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add the ``data`` command group to the top-level parser; return its sub-parsers.
+
+    ``uslearn data phantom`` is added to them by the phantom package (``uslearn/cli.py``).
+    """
     parser = sub.add_parser(
         "data",
         help="Datasets: import folders+CSV or DICOM exports, generate the synthetic phantom, split by patient, check, gallery.",
         description="Build, split, check and look at dataset directories (manifest.parquet + images.u8 + meta.json). See docs/DATA.md.",
     )
     data_sub = parser.add_subparsers(
-        dest="data_command", metavar="{import,import-dicom,phantom,split,check,gallery}"
+        dest="data_command", metavar="{import,import-dicom,phantom,split,check,gallery,locate}"
     )
     data_sub.required = True
     _add_import(data_sub)
     _add_import_dicom(data_sub)
-    _add_phantom(data_sub)
     _add_split(data_sub)
     _add_check(data_sub)
     _add_gallery(data_sub)
+    _add_locate(data_sub)
+    return data_sub
 
 
-def _add_phantom(data_sub: argparse._SubParsersAction) -> None:
-    from uslearn.data import phantom  # registers its own sub-command (the phantom's room)
+VERIFY_CHOICES = ("sample", "full", "none")
 
-    phantom.register(data_sub)
+
+def add_verify_data(parser: argparse.ArgumentParser, when: str) -> None:
+    """Add ``--verify-data sample|full|none`` (default sample) to a command that reads a dataset."""
+    parser.add_argument(
+        "--verify-data",
+        choices=VERIFY_CHOICES,
+        default="sample",
+        help=f"check the dataset against its meta.json {when}: the manifest and a 16 MiB sample "
+        "of the store (default), every byte (full), or not at all (none)",
+    )
 
 
 def _fraction_or_count(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text}: expected a fraction in [0, 1) or a count >= 1")
     return value
@@ -63,10 +76,21 @@ def _add_split_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
+    """Return the cores this process may run on (the default of every --workers)."""
     if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def add_salt(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """Add ``--salt`` and ``--insecure-default-salt`` (see ``pseudonym.resolve_salt``)."""
+    parser.add_argument("--salt", help=f"{when}pseudonymisation secret (default: $USLEARN_SALT)")
+    parser.add_argument(
+        "--insecure-default-salt",
+        action="store_true",
+        help=f"{when}use the public default salt (test data only: pseudonyms can be recomputed)",
+    )
 
 
 def _add_common_import(parser: argparse.ArgumentParser) -> None:
@@ -74,16 +98,11 @@ def _add_common_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, default=224, help="stored image side in pixels (default 224)"
     )
-    parser.add_argument("--salt", help="pseudonymisation secret (default: $USLEARN_SALT)")
-    parser.add_argument(
-        "--insecure-default-salt",
-        action="store_true",
-        help="use the public default salt (test data only: pseudonyms can be recomputed)",
-    )
+    add_salt(parser)
     parser.add_argument(
         "--workers",
         type=int,
-        default=_available_cores(),
+        default=available_cores(),
         help="decoding processes (default: all available cores)",
     )
     parser.add_argument(
@@ -93,13 +112,13 @@ def _add_common_import(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rejected", type=Path, help="rejected list (default: <out>.rejected.csv)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing dataset at --out"
-    )
-    parser.add_argument(
-        "--keep-paths",
+        "--overwrite",
         action="store_true",
-        help="store source paths in the manifest (off: folder names may hold patient names)",
+        help="replace an existing uslearn dataset at --out (never any other folder or file)",
     )
+    # Removed: source paths in the manifest broke the privacy rule (docs/DATA.md). Kept as a
+    # hidden flag so that old scripts get a clear message rather than "unrecognized argument".
+    parser.add_argument("--keep-paths", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--crop",
         choices=("auto", "none"),
@@ -108,7 +127,7 @@ def _add_common_import(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--doppler-fraction",
-        type=float,
+        type=finite_float,
         default=0.01,
         help="reject a frame whose region has more coloured pixels than this (default 0.01); 1 keeps all",
     )
@@ -162,6 +181,11 @@ def _settings(args: argparse.Namespace):
     from uslearn.data.images import Preprocess
     from uslearn.data.importers import ImportSettings
 
+    if args.keep_paths:
+        raise UserError(
+            "--keep-paths was removed: source paths may hold patient names and nothing persisted "
+            "may hold them; 'uslearn data locate' maps image ids back to files"
+        )
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected at least 1")
     if not 0 <= args.doppler_fraction <= 1:
@@ -176,7 +200,6 @@ def _settings(args: argparse.Namespace):
         workers=args.workers,
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
-        keep_paths=args.keep_paths,
         splits={"val": args.val, "test": args.test, "labelled": args.labelled, "seed": args.seed},
         rejected=args.rejected,
     )
@@ -254,12 +277,18 @@ def _add_check(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument(
         "--near-duplicate",
-        type=float,
+        type=finite_float,
         default=0.9,
         help="correlation from which two images count as near-duplicates (default 0.9; >1 disables)",
     )
     parser.add_argument(
-        "--no-fingerprint", action="store_true", help="skip re-hashing the store (faster)"
+        "--verify",
+        choices=("full", "sample", "none"),
+        default="full",
+        help="check the files against meta.json's hashes: every byte (default), a 16 MiB sample, or not",
+    )
+    parser.add_argument(
+        "--no-fingerprint", action="store_true", help="same as --verify none (kept for old scripts)"
     )
     parser.set_defaults(func=_run_check)
 
@@ -268,9 +297,8 @@ def _run_check(args: argparse.Namespace) -> int:
     from uslearn.data.check import check_dataset
     from uslearn.data.dataset import Dataset
 
-    report = check_dataset(
-        Dataset.open(args.dataset), args.near_duplicate, verify_fingerprint=not args.no_fingerprint
-    )
+    verify = "none" if args.no_fingerprint else args.verify
+    report = check_dataset(Dataset.open(args.dataset), args.near_duplicate, verify=verify)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -292,3 +320,38 @@ def _run_gallery(args: argparse.Namespace) -> int:
 
     print(write_gallery(Dataset.open(args.dataset), args.out, args.per_class, args.split))
     return 0
+
+
+def _add_locate(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "locate",
+        help="print the source file of image ids (e.g. from a rejected list), on this terminal only",
+        description=(
+            "Recompute the pseudonyms of the files under --images or --dicom with the import's "
+            "salt and print the file of each given image id. Nothing is written: the output "
+            "names source files and belongs on the operator's terminal."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="the folder given to 'data import'")
+    source.add_argument("--dicom", type=Path, help="the folder given to 'data import-dicom'")
+    parser.add_argument("ids", nargs="*", help="image ids (i-...); '-f' ids, or a rejected list")
+    parser.add_argument(
+        "--rejected", type=Path, help="a rejected list: locate every image_id in it"
+    )
+    parser.add_argument("--salt", help="the import's salt (default: $USLEARN_SALT)")
+    parser.add_argument("--insecure-default-salt", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=available_cores(), help="header readers")
+    parser.set_defaults(func=_run_locate)
+
+
+def _run_locate(args: argparse.Namespace) -> int:
+    from uslearn.data.locate import locate, read_ids
+    from uslearn.data.pseudonym import resolve_salt
+
+    salt = resolve_salt(args.salt, args.insecure_default_salt)
+    ids = read_ids(args.ids, args.rejected)
+    found = locate(ids, salt, images=args.images, dicom=args.dicom, workers=args.workers)
+    for image_id in ids:
+        print(f"{image_id}\t{found.get(image_id, '(not found: another folder or salt?)')}")
+    return 0 if len(found) == len(set(ids)) else 1

@@ -1,4 +1,4 @@
-"""The dataset directory (DESIGN.md contract): manifest.parquet + images.u8 + meta.json.
+"""The dataset directory (docs/CONTRACTS.md): manifest.parquet + images.u8 + meta.json.
 
     <dataset>/manifest.parquet   one row per image
     <dataset>/images.u8          uint8 memory map, shape (N, H, W), row i = manifest row i
@@ -6,19 +6,15 @@
                                   "created": ..., "fingerprint": ..., "n_images": N}
 
 Readers open it lazily (the store is memory-mapped, so opening a 90 000-image dataset costs
-milliseconds and no RAM copy) and validate it on open. Writers stream rows into a memory map in
-a temporary sibling directory and rename it into place at the end, so an interrupted import or
-generation never leaves a half-written dataset where a finished one is expected.
+milliseconds and no RAM copy) and validate it on open; ``Dataset.verify`` checks the files
+against the hashes meta.json recorded at write time. Writing is ``uslearn.data.writer``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uslearn.errors import UserError
+from uslearn.errors import UserError, is_environment_error
 
 # Class order (contract): the paper's table order.
 CLASSES: tuple[str, ...] = (
@@ -45,6 +41,12 @@ STORE = "images.u8"
 META = "meta.json"
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "exam_id", "split", *CLASSES)
 MIN_SIZE, MAX_SIZE = 16, 1024
+# Marks a directory that a writer has not finished (uslearn.data.writer); never a dataset.
+PARTIAL_MARKER = ".uslearn-partial"
+# The sampled hash of ``Dataset.verify("sample")``: the manifest, the store's size and this many
+# evenly spaced blocks of the store (16 MiB read whatever the dataset's size).
+SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 256, 1 << 16
+VERIFY_MODES = ("sample", "full")
 
 
 class DatasetError(UserError, ValueError):
@@ -59,6 +61,34 @@ def fingerprint_files(manifest_path: Path, store_path: Path) -> str:
             for chunk in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def sample_hash(manifest_path: Path, store_path: Path) -> str:
+    """Return a sha256 (16 hex digits) over the manifest, the store's size and sampled store blocks.
+
+    Reads the manifest and at most SAMPLE_BLOCKS x SAMPLE_BLOCK_BYTES of the store: it catches
+    a replaced, truncated or extended store, any manifest edit, and changes that touch a
+    sampled block; only ``fingerprint_files`` catches every change.
+    """
+    digest = hashlib.sha256(Path(manifest_path).read_bytes())
+    size = os.path.getsize(store_path)
+    digest.update(str(size).encode())
+    n_blocks = min(SAMPLE_BLOCKS, -(-size // SAMPLE_BLOCK_BYTES))
+    last = max(size - SAMPLE_BLOCK_BYTES, 0)
+    offsets = np.linspace(0, last, n_blocks).astype(np.int64) if n_blocks else []
+    with open(store_path, "rb") as handle:
+        for offset in offsets:
+            handle.seek(int(offset))
+            digest.update(handle.read(SAMPLE_BLOCK_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def integrity_meta(manifest_path: Path, store_path: Path) -> dict[str, str]:
+    """Return the meta.json entries that ``Dataset.verify`` checks: fingerprint and sample_hash."""
+    return {
+        "fingerprint": fingerprint_files(manifest_path, store_path),
+        "sample_hash": sample_hash(manifest_path, store_path),
+    }
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,11 @@ class Dataset:
             raise DatasetError(
                 f"{root}: no dataset directory here (expected {MANIFEST}, {STORE}, {META})"
             )
+        if (root / PARTIAL_MARKER).exists():
+            raise DatasetError(
+                f"{root}: an unfinished write (its process was stopped before the end); not a "
+                "dataset: run the import or generation again (with --overwrite)"
+            )
         for name in (MANIFEST, STORE, META):
             if not (root / name).is_file():
                 raise DatasetError(
@@ -91,8 +126,12 @@ class Dataset:
                 )
         try:
             meta = json.loads((root / META).read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DatasetError(f"{root / META}: not valid JSON ({err})") from err
+        if not isinstance(meta, dict):
+            raise DatasetError(
+                f"{root / META}: expected a JSON object, found {type(meta).__name__}"
+            )
         for key in ("format", "classes", "size", "fingerprint", "n_images"):
             if key not in meta:
                 raise DatasetError(f"{root / META}: field '{key}' is missing")
@@ -104,13 +143,18 @@ class Dataset:
             raise DatasetError(
                 f"{root / META}: classes {meta['classes']} differ from the contract order {list(CLASSES)}"
             )
-        manifest = pd.read_parquet(root / MANIFEST)
+        manifest = read_manifest(root / MANIFEST)
         validate_manifest(manifest, where=str(root / MANIFEST))
         if len(manifest) != int(meta["n_images"]):
             raise DatasetError(
                 f"{root / MANIFEST}: {len(manifest)} rows but {META} says n_images={meta['n_images']}"
             )
-        size = int(meta["size"])
+        try:
+            size = int(meta["size"])
+        except (TypeError, ValueError):
+            raise DatasetError(
+                f"{root / META}: size {meta['size']!r} is not a whole number"
+            ) from None
         expected_bytes = len(manifest) * size * size
         actual_bytes = (root / STORE).stat().st_size
         if actual_bytes != expected_bytes:
@@ -154,13 +198,62 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def verify_fingerprint(self) -> None:
-        """Recompute the fingerprint from the files; raise DatasetError if they changed."""
-        actual = fingerprint_files(self.root / MANIFEST, self.root / STORE)
-        if actual != self.fingerprint:
+    def verify(self, mode: str = "sample") -> str:
+        """Check the files against the hashes meta.json recorded at write time.
+
+        Args:
+            mode: "sample" reads the manifest and 16 MiB of the store (``sample_hash``);
+                "full" re-hashes everything (``fingerprint_files``). A dataset written before
+                sample hashes existed is checked in full.
+
+        Returns:
+            One line saying what was checked.
+
+        Raises:
+            DatasetError: naming the dataset when the files changed after writing.
+        """
+        if mode not in VERIFY_MODES:
+            raise DatasetError(f"--verify-data {mode}: expected one of {list(VERIFY_MODES)}")
+        manifest, store = self.root / MANIFEST, self.root / STORE
+        try:
+            if mode == "sample" and "sample_hash" in self.meta:
+                recorded, actual = self.meta["sample_hash"], sample_hash(manifest, store)
+                what = "sampled hash (manifest + 16 MiB of the store)"
+            else:
+                recorded, actual = self.fingerprint, fingerprint_files(manifest, store)
+                what = "fingerprint (every byte)"
+        except OSError as err:
+            raise DatasetError(f"{self.root}: cannot read its files ({err})") from err
+        if actual != recorded:
             raise DatasetError(
-                f"{self.root}: fingerprint {actual} differs from {META}'s {self.fingerprint}: files changed after writing"
+                f"{self.root}: {what} {actual} differs from {META}'s {recorded}: the files "
+                "changed after writing; re-import or restore the dataset"
             )
+        return f"{self.root}: {what} matches {META}"
+
+    def verify_fingerprint(self) -> None:
+        """Recompute the fingerprint from every byte; raise DatasetError if the files changed."""
+        self.verify("full")
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Return the manifest frame of a parquet file.
+
+    Raises:
+        DatasetError: when the file is not readable parquet (truncated, corrupt, another format).
+    """
+    import pyarrow
+
+    try:
+        return pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError, ValueError) as err:
+        if is_environment_error(err):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(
+            f"{path}: not a readable parquet file ({reason}); the dataset is damaged: "
+            "re-import it or restore it from a copy"
+        ) from err
 
 
 def validate_manifest(manifest: pd.DataFrame, where: str = "manifest") -> None:
@@ -207,116 +300,11 @@ def validate_manifest(manifest: pd.DataFrame, where: str = "manifest") -> None:
         )
 
 
-class DatasetWriter:
-    """Streams images into a new dataset directory; nothing appears at ``out`` until ``commit``.
+def __getattr__(name: str):
+    # DatasetWriter moved to uslearn.data.writer; this keeps ``from uslearn.data.dataset import
+    # DatasetWriter`` working (a plain import here would be circular).
+    if name == "DatasetWriter":
+        from uslearn.data.writer import DatasetWriter
 
-    Usage::
-
-        with DatasetWriter(out, size=64, capacity=n, source="phantom") as writer:
-            writer.write(start_row, images)        # (n, size, size) uint8 blocks, any order
-            writer.commit(manifest)                # validates, fingerprints, renames into place
-
-    Leaving the ``with`` block without ``commit`` (an exception, Ctrl-C) removes the temporary
-    directory, so the previous contents of ``out`` (if any) stay as they were.
-    """
-
-    def __init__(
-        self, out: str | os.PathLike, size: int, capacity: int, source: str, overwrite: bool = False
-    ):
-        self.out = Path(out)
-        if not MIN_SIZE <= size <= MAX_SIZE:
-            raise DatasetError(
-                f"--size {size} is out of range; expected {MIN_SIZE}..{MAX_SIZE} pixels"
-            )
-        if self.out.exists() and not overwrite:
-            raise DatasetError(
-                f"{self.out}: already exists; choose another --out or pass --overwrite"
-            )
-        self.size, self.capacity, self.source = size, capacity, source
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
-        # Written with pwrite rather than through a memory map: pages written through a map stay
-        # in the process's resident set (≈ 5 GB for 100 000 images at 224 px).
-        self._fd: int | None = os.open(self.tmp / STORE, os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(self._fd, capacity * size * size)
-        self._committed = False
-
-    def write(self, start: int, images: np.ndarray) -> None:
-        """Write a block of (n, size, size) uint8 images at rows start..start+n-1."""
-        if (
-            images.dtype != np.uint8
-            or images.ndim != 3
-            or images.shape[1:] != (self.size, self.size)
-        ):
-            raise DatasetError(
-                f"image block has shape {images.shape} {images.dtype}; expected (n, {self.size}, {self.size}) uint8"
-            )
-        if start < 0 or start + len(images) > self.capacity:
-            raise DatasetError(
-                f"rows {start}..{start + len(images)} exceed the store's capacity {self.capacity}"
-            )
-        data = np.ascontiguousarray(images).tobytes()
-        offset = start * self.size * self.size
-        while data:
-            written = os.pwrite(self._fd, data, offset)
-            data, offset = data[written:], offset + written
-
-    def commit(
-        self, manifest: pd.DataFrame, extra_meta: dict | None = None, n_rows: int | None = None
-    ) -> Path:
-        """Validate ``manifest``, truncate the store to its rows, write meta, rename into place.
-
-        Returns:
-            The final dataset directory.
-        """
-        n_rows = len(manifest) if n_rows is None else n_rows
-        if len(manifest) != n_rows or n_rows > self.capacity:
-            raise DatasetError(
-                f"manifest has {len(manifest)} rows, store holds {n_rows} (capacity {self.capacity})"
-            )
-        manifest = manifest.reset_index(drop=True).copy()
-        for cls in CLASSES:
-            manifest[cls] = manifest[cls].astype(np.int8)
-        validate_manifest(manifest, where=f"{self.out}/{MANIFEST}")
-        os.ftruncate(self._fd, n_rows * self.size * self.size)
-        os.fsync(self._fd)
-        self._close()
-        manifest.to_parquet(self.tmp / MANIFEST, index=False)
-        meta = {
-            "format": FORMAT_VERSION,
-            "classes": list(CLASSES),
-            "size": self.size,
-            "n_images": n_rows,
-            "source": self.source,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "fingerprint": fingerprint_files(self.tmp / MANIFEST, self.tmp / STORE),
-            **(extra_meta or {}),
-        }
-        (self.tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if self.out.exists():
-            # Keep the old dataset until the new one is in place: rename old away, new in, delete old.
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
-        self._committed = True
-        return self.out
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def abort(self) -> None:
-        """Remove the temporary directory (called automatically when commit never happened)."""
-        self._close()
-        if not self._committed:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.abort()
+        return DatasetWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,8 +22,15 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
 
-from uslearn.data.dataset import CLASSES, DatasetError, DatasetWriter
-from uslearn.data.images import Box, ImageRejected, Preprocess, prepare, to_uint8
+from uslearn.data.dataset import CLASSES, DatasetError
+from uslearn.data.images import (
+    Box,
+    ImageRejected,
+    Preprocess,
+    check_dimensions,
+    prepare,
+    to_uint8,
+)
 from uslearn.data.importers import ImportSettings, check_size, settings_report
 from uslearn.data.ingest import (
     FILTER_REASONS,
@@ -32,12 +39,14 @@ from uslearn.data.ingest import (
     Rejection,
     StoreAppender,
     Workers,
+    check_rejected_path,
     decode_all,
     default_rejected_path,
     finish_import,
 )
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
+from uslearn.data.writer import DatasetWriter, check_target
 from uslearn.log import progress
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -81,6 +90,12 @@ def scan_file(path: str, salt: str) -> dict:
     study = str(ds.get("StudyInstanceUID", "")).strip()
     if not study:
         return {"reason": "unreadable", "detail": "no StudyInstanceUID"}
+    try:
+        check_dimensions(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
+    except ImageRejected as err:
+        return {"reason": err.reason, "detail": err.detail}
+    except (TypeError, ValueError):
+        return {"reason": "unreadable", "detail": "Rows or Columns is not a number"}
     transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     hint = missing_decoder_hint(transfer_syntax) if transfer_syntax else None
     if hint:
@@ -218,10 +233,13 @@ def plan_dicom(
                     f"{rel}: {facts['reason']}: {facts['detail']}. Pass --skip-bad to skip such "
                     "files and list them in the rejected file"
                 )
-            rejections.append(Rejection(rel, None, facts["reason"], facts["detail"]))
+            image_id = pseudonym("image", f"file:{rel}", salt)
+            rejections.append(Rejection(rel, None, facts["reason"], facts["detail"], image_id))
             continue
         if facts["image"] in seen:
-            rejections.append(Rejection(rel, None, "duplicate", "SOPInstanceUID seen before"))
+            rejections.append(
+                Rejection(rel, None, "duplicate", "SOPInstanceUID seen before", facts["image"])
+            )
             continue
         seen.add(facts["image"])
         missing_patient += facts["patient_missing"]
@@ -244,8 +262,6 @@ def plan_dicom(
                 **dict(zip(CLASSES, (int(v) for v in labels))),
                 "vendor": facts["vendor"],
             }
-            if settings.keep_paths:
-                record["source_path"] = rel
             records.append(record)
         items.append(Item(rel, (str(root / rel), frames), records, list(frames)))
     for key, (_, _, line) in lookup.items():
@@ -253,7 +269,9 @@ def plan_dicom(
             detail = f"labels CSV line {line}: {'frame ' + str(key[1]) + ' of ' if key[1] >= 0 else ''}an image not found among the readable DICOM files"
             if not settings.skip_bad:
                 raise DatasetError(f"{labels_csv}: {detail}")
-            rejections.append(Rejection(f"{labels_csv}:{line}", None, "missing", detail))
+            rejections.append(
+                Rejection(f"{labels_csv}:{line}", None, "missing", detail, csv_line=line)
+            )
     _check_given_splits(items)
     counts = {
         "files_found": len(files),
@@ -308,24 +326,28 @@ def import_dicom(
     settings = settings or ImportSettings()
     out, root = Path(out), Path(dicom)
     check_size(settings.preprocess.size)
+    inputs = [root, *([labels] if labels else [])]
+    check_target(out, settings.overwrite, inputs)
+    check_rejected_path(settings.rejected or default_rejected_path(out), inputs)
     decode = functools.partial(decode_file, options=settings.preprocess)
     with Workers(settings.workers) as workers:
         items, rejections, counts = plan_dicom(
             root, Path(labels) if labels else None, salt, settings, max_frames, workers
         )
         capacity = sum(len(item.records) for item in items)
+        writer = DatasetWriter(
+            out, settings.preprocess.size, capacity, "dicom-import", settings.overwrite, inputs
+        )
         return _decode_and_commit(
-            items, rejections, counts, decode, workers, out, capacity, settings, max_frames, started
+            items, rejections, counts, decode, workers, writer, settings, max_frames, started
         )
 
 
 def _decode_and_commit(
-    items, rejections, counts, decode, workers, out, capacity, settings, max_frames, started
+    items, rejections, counts, decode, workers, writer, settings, max_frames, started
 ) -> Path:
     with (
-        DatasetWriter(
-            out, settings.preprocess.size, capacity, "dicom-import", settings.overwrite
-        ) as writer,
+        writer,
         StoreAppender(writer) as appender,
     ):
         records, decode_rejections = decode_all(
@@ -340,6 +362,6 @@ def _decode_and_commit(
             rejections + decode_rejections,
             report,
             settings.splits,
-            settings.rejected or default_rejected_path(out),
+            settings.rejected or default_rejected_path(writer.out),
             started,
         )

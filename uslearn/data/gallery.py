@@ -58,6 +58,9 @@ def write_gallery(
         per_class: tiles per row.
         split: show only this split; None spreads the samples over all splits.
     """
+    out = Path(out)
+    if out.is_dir() or (out.exists() and not _is_png(out)):
+        raise DatasetError(f"--out {out}: exists and is not a PNG image; choose another path")
     # Figure + Agg canvas directly: no pyplot state, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -89,7 +92,11 @@ def write_gallery(
     title = f"{dataset.root.name}: {len(dataset)} images, {dataset.size} px"
     fig.suptitle(title + (f", split {split}" if split else ""), fontsize=10)
     fig.tight_layout()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
+
+
+def _is_png(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89PNG\r\n\x1a\n"

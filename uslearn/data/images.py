@@ -10,6 +10,8 @@ Downscaling is antialiased (PIL's bilinear filter widens its support with the sc
 from __future__ import annotations
 
 import functools
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Source frames outside these bounds are rejected ("too_small", "too_large") before decoding.
+# Ultrasound frames are 0.3-2 megapixels; 50 MP (e.g. 7 000 x 7 000) is no frame but a
+# decompression bomb, whose decoded pixels would not fit a worker's memory. Below 16 pixels a
+# side (the smallest store size) there is no image to learn from: icons, 1 x 1 placeholders.
+MIN_SIDE, MAX_PIXELS = 16, 50_000_000
+# Depths that sensors produce; 16-bit data without a declared depth is read as the smallest
+# that holds its maximum.
+SENSOR_BITS = (8, 10, 12, 14, 16)
 Box = tuple[int, int, int, int]  # (top, bottom, left, right), bottom/right exclusive
 
 
@@ -50,27 +60,85 @@ class Preprocess:
     doppler_chroma: int = 64
 
 
+def check_dimensions(width: int, height: int) -> None:
+    """Raise ImageRejected "too_large" above MAX_PIXELS pixels (a decompression bomb)."""
+    if width * height > MAX_PIXELS:
+        raise ImageRejected(
+            "too_large",
+            f"{width} x {height} pixels is over the limit of {MAX_PIXELS:,} (a decompression "
+            "bomb or not an ultrasound frame); not decoded",
+        )
+
+
 def read_image_file(path: str | Path) -> np.ndarray:
     """Return the decoded image at ``path`` as (H, W) or (H, W, 3) uint8 (first frame of a TIFF).
 
+    16-bit grayscale is scaled by its significant bits (``significant_bits``): the PNG sBIT
+    chunk when present, else the smallest sensor depth holding the data's maximum.
+
     Raises:
-        ImageRejected: "missing" if there is no file, "unreadable" if it does not decode
-            completely (corrupt or truncated).
+        ImageRejected: "missing" if there is no file, "too_large" above MAX_PIXELS (checked
+            from the header, before decoding), "unreadable" if it does not decode completely
+            (corrupt or truncated). Details hold no path.
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageRejected("missing", f"no such file {path}")
+        raise ImageRejected("missing", "no such file")
     try:
-        with Image.open(path) as image:
-            image.load()  # decode fully now, so a truncated file fails here
-            return _pil_to_array(image)
+        with warnings.catch_warnings():
+            # PIL warns from 89 MP and raises from 179 MP; both are bombs here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                check_dimensions(*image.size)
+                image.load()  # decode fully now, so a truncated file fails here
+                declared = png_significant_bits(path) if image.format == "PNG" else None
+                return _pil_to_array(image, declared)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageRejected("too_large", f"{err} Not decoded.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageRejected("unreadable", f"{type(err).__name__}: {err}") from err
+        detail = str(err).replace(str(path), "<file>")
+        raise ImageRejected("unreadable", f"{type(err).__name__}: {detail}") from err
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
+def png_significant_bits(path: str | Path) -> int | None:
+    """Return the significant bits of a PNG's gray (or first colour) channel from its sBIT chunk.
+
+    Returns None without a valid sBIT before the image data. PIL does not read the chunk.
+    """
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        for _ in range(64):  # sBIT precedes IDAT; a few ancillary chunks at most
+            head = handle.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"sBIT":
+                data = handle.read(min(length, 4))
+                return data[0] if data and 1 <= data[0] <= 16 else None
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            handle.seek(length + 4, 1)  # data and CRC
+    return None
+
+
+def significant_bits(array: np.ndarray, declared: int | None = None) -> int:
+    """Return the bits per sample of unsigned integer data: ``declared`` if given, else the
+    smallest of SENSOR_BITS that holds the maximum (12-bit data in a 16-bit file gives 12)."""
+    if declared:
+        return int(declared)
+    peak = int(array.max()) if array.size else 0
+    return next((b for b in SENSOR_BITS if peak < (1 << b)), 8 * array.dtype.itemsize)
+
+
+def _pil_to_array(image: Image.Image, declared_bits: int | None = None) -> np.ndarray:
     mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if mode.startswith("I;16") or mode == "I" and declared_bits:
+        array = np.asarray(image)
+        if array.dtype.kind == "i":  # mode "I" holds 16-bit samples in int32
+            array = np.clip(array, 0, 65535).astype(np.uint16)
+        return to_uint8(array, significant_bits(array, declared_bits))
+    if mode in ("I", "F"):
         return to_uint8(np.asarray(image))
     if mode in ("1", "L", "LA"):
         return np.asarray(image.convert("L"))
@@ -182,10 +250,17 @@ def prepare(array: np.ndarray, options: Preprocess, box: Box | None = None) -> n
             None uses ``options.crop``.
 
     Raises:
-        ImageRejected: "doppler" for a colour-Doppler frame, "unreadable" for an empty frame.
+        ImageRejected: "doppler" for a colour-Doppler frame, "too_small" for a frame under
+            MIN_SIDE pixels a side, "unreadable" for one that is not 2-D.
     """
-    if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
+    if array.ndim not in (2, 3):
         raise ImageRejected("unreadable", f"frame of shape {array.shape}")
+    if min(array.shape[:2]) < MIN_SIDE:
+        height, width = array.shape[:2]
+        raise ImageRejected(
+            "too_small",
+            f"{width} x {height} pixels; a frame needs at least {MIN_SIDE} pixels a side",
+        )
     gray = to_gray(array)
     if box is None and options.crop == "auto":
         box = auto_region(gray)

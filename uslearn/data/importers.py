@@ -15,19 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from uslearn.data.dataset import CLASSES, MAX_SIZE, MIN_SIZE, DatasetError, DatasetWriter
+from uslearn.data.dataset import CLASSES, MAX_SIZE, MIN_SIZE, DatasetError
 from uslearn.data.images import IMAGE_SUFFIXES, ImageRejected, Preprocess, prepare, read_image_file
 from uslearn.data.ingest import (
     Item,
     Outcome,
     StoreAppender,
     Workers,
+    check_rejected_path,
     decode_all,
     default_rejected_path,
     finish_import,
 )
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
+from uslearn.data.writer import DatasetWriter, check_target
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,8 @@ class ImportSettings:
         preprocess: size, crop and colour-Doppler rule (``uslearn.data.images.Preprocess``).
         workers: decoding processes (1 decodes in this process).
         skip_bad: skip unreadable/invalid items and list them instead of stopping at the first.
-        overwrite: replace an existing dataset at the output path (only once complete).
-        keep_paths: store each image's path relative to the input folder as ``source_path``
-            (off by default: folder names of hospital exports often contain patient names).
+        overwrite: replace an existing dataset at the output path (only once complete, and
+            only a uslearn dataset: ``uslearn.data.writer.check_target``).
         splits: keyword arguments of ``uslearn.data.splits.assign_splits`` (val, test,
             labelled, seed) for the rows whose split the CSV does not give.
         rejected: where to write the rejected list; None = ``<out>.rejected.csv``.
@@ -50,7 +51,6 @@ class ImportSettings:
     workers: int = 1
     skip_bad: bool = False
     overwrite: bool = False
-    keep_paths: bool = False
     splits: dict = field(default_factory=dict)
     rejected: Path | None = None
 
@@ -80,10 +80,9 @@ def list_images(root: Path) -> list[str]:
     return sorted(found)
 
 
-def _record(
-    rel: str, patient_raw: str, exam_raw: str, split: str, labels, salt: str, keep_paths: bool
-) -> dict:
-    record = {
+def _record(rel: str, patient_raw: str, exam_raw: str, split: str, labels, salt: str) -> dict:
+    # No source path: folder names of hospital exports often hold patient names.
+    return {
         "image_id": pseudonym("image", rel, salt),
         "patient_id": pseudonym("patient", patient_raw, salt),
         # Exam ids are often numbered per patient ("1", "2"): scope them by the patient.
@@ -91,13 +90,10 @@ def _record(
         "split": split or None,
         **dict(zip(CLASSES, (int(v) for v in labels))),
     }
-    if keep_paths:
-        record["source_path"] = rel
-    return record
 
 
 def plan_folder(
-    root: Path, labels_csv: Path | None, include_unlisted: bool, salt: str, keep_paths: bool
+    root: Path, labels_csv: Path | None, include_unlisted: bool, salt: str
 ) -> tuple[list[Item], dict]:
     """Return the items to decode and the planning counts for the report.
 
@@ -125,10 +121,8 @@ def plan_folder(
             folder_ids.setdefault(str(Path(row.key).parent), set()).add(
                 (row.patient_raw, row.exam_raw)
             )
-            record = _record(
-                row.key, row.patient_raw, row.exam_raw, row.split, row.labels, salt, keep_paths
-            )
-            items.append(Item(row.key, str(root / row.key), [record]))
+            record = _record(row.key, row.patient_raw, row.exam_raw, row.split, row.labels, salt)
+            items.append(Item(row.key, str(root / row.key), [record], csv_line=row.line))
     unlisted = [f for f in files if f not in listed]
     if include_unlisted:
         unlabelled = np.full(len(CLASSES), -1, np.int8)
@@ -136,7 +130,7 @@ def plan_folder(
             folder = str(Path(rel).parent)
             ids = folder_ids.get(folder, set())
             patient_raw, exam_raw = next(iter(ids)) if len(ids) == 1 else (f"folder:{folder}",) * 2
-            record = _record(rel, patient_raw, exam_raw, "", unlabelled, salt, keep_paths)
+            record = _record(rel, patient_raw, exam_raw, "", unlabelled, salt)
             items.append(Item(rel, str(root / rel), [record]))
     counts = {
         "files_found": len(files),
@@ -176,13 +170,15 @@ def import_folder(
     settings = settings or ImportSettings()
     out, root = Path(out), Path(images)
     check_size(settings.preprocess.size)
-    items, counts = plan_folder(
-        root, Path(labels) if labels else None, include_unlisted, salt, settings.keep_paths
-    )
+    inputs = [root, *([labels] if labels else [])]
+    check_target(out, settings.overwrite, inputs)
+    rejected = settings.rejected or default_rejected_path(out)
+    check_rejected_path(rejected, inputs)
+    items, counts = plan_folder(root, Path(labels) if labels else None, include_unlisted, salt)
     decode = functools.partial(decode_file, options=settings.preprocess)
     with (
         DatasetWriter(
-            out, settings.preprocess.size, len(items), "folder-import", settings.overwrite
+            out, settings.preprocess.size, len(items), "folder-import", settings.overwrite, inputs
         ) as writer,
         StoreAppender(writer) as appender,
         Workers(settings.workers) as workers,
@@ -191,7 +187,6 @@ def import_folder(
             items, decode, appender, workers, settings.skip_bad, "import"
         )
         report = {"importer": "folder", **counts, "settings": settings_report(settings)}
-        rejected = settings.rejected or default_rejected_path(out)
         return finish_import(
             writer, appender, records, rejections, report, settings.splits, rejected, started
         )
@@ -207,5 +202,4 @@ def settings_report(settings: ImportSettings) -> dict:
         "doppler_chroma": p.doppler_chroma,
         "workers": settings.workers,
         "skip_bad": settings.skip_bad,
-        "keep_paths": settings.keep_paths,
     }

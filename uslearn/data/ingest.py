@@ -13,6 +13,8 @@ import csv
 import json
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from uslearn.data.dataset import CLASSES, STORE, DatasetError, DatasetWriter
+from uslearn.data.dataset import CLASSES, STORE, DatasetError
 from uslearn.data.splits import GIVEN, assign_splits
+from uslearn.data.writer import DatasetWriter, die_with_parent
 from uslearn.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -46,22 +49,58 @@ class Item:
         task: argument of the decode function (must pickle; keep it small).
         records: one manifest record per image the file yields (a DICOM file: per frame).
         frames: frame number of each record (None for single images), for rejected.csv.
+        csv_line: the labels CSV line that lists the file, if one does.
     """
 
     source: str
     task: Any
     records: list[dict]
     frames: list[int | None] = field(default_factory=list)
+    csv_line: int | None = None
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """An item or frame that was not imported, and why."""
+    """An item or frame that was not imported, and why.
+
+    Attributes:
+        source: the file's path relative to the input folder; shown on the terminal only,
+            never written to a file (folder names may hold patient names).
+        frame: frame number in a multi-frame file, None for single images.
+        reason: short key (``unreadable``, ``too_large``...).
+        detail: what went wrong, without paths.
+        image_id: the image's pseudonym (what ``uslearn data locate`` maps back to the file).
+        csv_line: the labels CSV line that listed the item, if any.
+    """
 
     source: str
     frame: int | None
     reason: str
     detail: str
+    image_id: str = ""
+    csv_line: int | None = None
+
+
+def _worker_start(parent: int) -> None:
+    """Make a decoding worker end when the import's process ends, however it ends.
+
+    The worker's parent is the fork server, which exits when the import's process dies;
+    ``die_with_parent`` turns that into a SIGKILL of the worker. The polling thread covers
+    systems without it.
+    """
+    die_with_parent()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, daemon=True, name="uslearn-parent-watch").start()
 
 
 def _run_chunk(fn: Callable[[Any], list[Outcome]], tasks: Sequence[Any]) -> list[list[Outcome]]:
@@ -93,7 +132,12 @@ class Workers:
             )
             if context.get_start_method() == "forkserver":
                 context.set_forkserver_preload(PRELOAD)
-            self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=context)
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.n,
+                mp_context=context,
+                initializer=_worker_start,
+                initargs=(os.getpid(),),
+            )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -200,7 +244,9 @@ def decode_all(
                     f"{where}: {reason}: {detail}. Fix or remove it, or pass --skip-bad to "
                     "skip such items and list them in the rejected file"
                 )
-            rejections.append(Rejection(item.source, frame, reason, detail))
+            rejections.append(
+                Rejection(item.source, frame, reason, detail, record["image_id"], item.csv_line)
+            )
     appender.flush()
     return records, rejections
 
@@ -256,6 +302,7 @@ def finish_import(
         manifest, extra_meta={"import": {"imported": len(manifest)}}, n_rows=len(manifest)
     )
     write_rejected(rejections, rejected_path)
+    show_skipped(rejections, rejected_path)
     log.info(
         "imported %d images (%d labelled) into %s in %.1f s; rejected %d %s",
         len(manifest),
@@ -268,16 +315,97 @@ def finish_import(
     return out
 
 
+REJECTED_HEADER = ["image_id", "csv_line", "frame", "reason", "detail"]
+# Headers of rejected lists this and earlier versions wrote: only those may be replaced.
+_OUR_HEADERS = ("image_id,csv_line,frame,reason,detail", "source,frame,reason,detail")
+SHOWN_SKIPPED = 20
+
+
+def check_rejected_path(path: Path, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse a rejected-list path inside an input or holding a file that is not a rejected list.
+
+    Raises:
+        DatasetError: naming the path (nothing has been written).
+    """
+    from uslearn.data.writer import normalise
+
+    real = normalise(path).resolve()
+    for given in inputs:
+        source = normalise(given).resolve()
+        if real == source or source in real.parents:
+            raise DatasetError(f"--rejected {path}: is or lies inside the input {given}")
+    if not os.path.lexists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        first = None
+    if first not in _OUR_HEADERS:
+        raise DatasetError(
+            f"--rejected {path}: exists and is not a uslearn rejected list; choose another path"
+        )
+
+
+def scrub(text: str, source: str) -> str:
+    """Return ``text`` without the source path, its folders or its file name."""
+    for part in sorted({source, *Path(source).parts}, key=len, reverse=True):
+        if len(part) > 2:
+            text = text.replace(part, "<file>")
+    return text
+
+
 def write_rejected(rejections: list[Rejection], path: Path) -> None:
-    """Write ``source, frame, reason, detail`` rows (a header only when nothing was rejected)."""
+    """Write ``image_id, csv_line, frame, reason, detail`` rows (a header only when none).
+
+    No source path: the list is persisted, and folder names of exports often hold patient
+    names. ``uslearn data locate`` maps an image_id back to its file; the terminal showed
+    the paths during the import. Written to a temporary file and renamed into place.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["source", "frame", "reason", "detail"])
-        for r in rejections:
-            writer.writerow([r.source, "" if r.frame is None else r.frame, r.reason, r.detail])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(REJECTED_HEADER)
+            for r in rejections:
+                writer.writerow(
+                    [
+                        r.image_id,
+                        "" if r.csv_line is None else r.csv_line,
+                        "" if r.frame is None else r.frame,
+                        r.reason,
+                        scrub(r.detail, r.source),
+                    ]
+                )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def show_skipped(rejections: list[Rejection], rejected_path: Path) -> None:
+    """Print the skipped bad items, with their source paths, to the operator's terminal.
+
+    Printed, never logged: paths may hold patient names, and log handlers may persist.
+    Filtered items (colour Doppler, duplicates, non-DICOM files) are only counted.
+    """
+    bad = [r for r in rejections if r.reason not in FILTER_REASONS]
+    for r in bad[:SHOWN_SKIPPED]:
+        where = r.source if r.frame is None else f"{r.source} (frame {r.frame})"
+        print(f"skipped {where}: {r.reason}: {r.detail}", file=sys.stderr)
+    if len(bad) > SHOWN_SKIPPED:
+        print(f"... and {len(bad) - SHOWN_SKIPPED} more skipped items", file=sys.stderr)
+    if bad:
+        print(
+            f"{len(bad)} skipped item(s) are listed by image_id in {rejected_path} "
+            "('uslearn data locate' finds their files)",
+            file=sys.stderr,
+        )
 
 
 def default_rejected_path(out: Path) -> Path:
     """Return ``<out>.rejected.csv`` beside the dataset (source paths stay out of the dataset)."""
-    return out.with_name(f"{out.name}.rejected.csv")
+    from uslearn.data.writer import normalise
+
+    out = normalise(out)
+    return out.with_name(f"{out.name or 'dataset'}.rejected.csv")

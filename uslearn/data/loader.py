@@ -2,7 +2,7 @@
 
 No per-image PIL work: one ``numpy.take`` gathers the rows straight into a (pinned) host buffer,
 and one copy moves it to the device. Augmentation and the float conversion happen on the device
-(METHODS.md: a per-image CPU pipeline cannot feed a GPU at > 10 000 img/s).
+(docs/GPU.md: a per-image CPU pipeline cannot feed a GPU at > 10 000 img/s).
 """
 
 from __future__ import annotations

@@ -28,9 +28,15 @@ def resolve_salt(salt: str | None, insecure_default: bool = False) -> str:
     """Return the salt from ``salt``, else ``$USLEARN_SALT``, else the insecure default if allowed.
 
     Raises:
-        UserError: if no salt is given and ``insecure_default`` is False.
+        UserError: if the salt is only blanks, or none is given and ``insecure_default`` is
+            False.
     """
+    source = "--salt" if salt else SALT_ENV
     salt = salt if salt else os.environ.get(SALT_ENV, "")
+    if salt and not salt.strip():
+        raise UserError(
+            f"{source}: the salt is only blanks; give a secret (a blank salt protects nothing)"
+        )
     if salt:
         return salt
     if insecure_default:

@@ -114,15 +114,3 @@ class ExamBatchSampler:
                     exam_rows = np.sort(rng.choice(exam_rows, size=cap, replace=False))
                 parts.append(exam_rows)
             yield np.concatenate(parts)
-
-
-def infinite_batches(sampler: ExamBatchSampler, start_epoch: int = 0) -> Iterator[np.ndarray]:
-    """Yield batches forever, calling ``sampler.set_epoch`` for epochs start_epoch, +1, ...
-
-    For step-based training (FixMatch's 5 000 steps): the caller stops after its step budget.
-    """
-    epoch = start_epoch
-    while True:
-        sampler.set_epoch(epoch)
-        yield from sampler
-        epoch += 1

@@ -1,4 +1,4 @@
-"""Patient-disjoint splits and nested label fractions (METHODS.md "Data protocol").
+"""Patient-disjoint splits and nested label fractions (docs/METHODOLOGY.md "Data protocol").
 
 - ``assign_splits``: labelled / unlabelled / val / test **by patient**, seeded, keeping the
   splits a user gave (``split_given``). Only patients with at least one labelled image can go
@@ -25,9 +25,10 @@ from uslearn.data.dataset import (
     STORE,
     Dataset,
     DatasetError,
-    fingerprint_files,
+    integrity_meta,
     validate_manifest,
 )
+from uslearn.data.writer import normalise, target_lock
 
 GIVEN = "split_given"  # manifest column: True where the split came from the user's CSV
 
@@ -142,7 +143,7 @@ def labelled_subset(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
     The labelled exams are shuffled once per seed; the subset is the shortest prefix of that
     order whose images reach ``fraction`` of the labelled images (at least one exam). Since
     every fraction takes a prefix of the same order, for one seed the 10 % set lies inside the
-    20 % set, which lies inside the 50 % set (METHODS.md: our choice, so curves over fractions
+    20 % set, which lies inside the 50 % set (our choice, docs/METHODOLOGY.md: curves over fractions
     compare like with like). Rows without labels (-1) are left out.
 
     Args:
@@ -203,21 +204,24 @@ def write_splits(dataset: Dataset, manifest: pd.DataFrame) -> Dataset:
 
     The store is not rewritten. The new manifest and meta.json (new fingerprint) are written to
     temporary files and renamed over the old ones, manifest first: an interruption between
-    the two renames leaves a dataset that opens but fails ``verify_fingerprint``.
+    the two renames leaves a dataset that opens but fails ``Dataset.verify``. The dataset's
+    write lock is held meanwhile, so an import or another split cannot interleave.
     """
+
     if not manifest["image_id"].reset_index(drop=True).equals(dataset.manifest["image_id"]):
         raise DatasetError(f"{dataset.root}: new manifest rows differ from the stored ones")
     validate_manifest(manifest, where=f"{dataset.root / MANIFEST}")
     root = dataset.root
     tmp_manifest = root / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp_meta = root / f".{META}.tmp-{os.getpid()}"
-    try:
-        manifest.reset_index(drop=True).to_parquet(tmp_manifest, index=False)
-        meta = {**dataset.meta, "fingerprint": fingerprint_files(tmp_manifest, root / STORE)}
-        tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp_manifest, root / MANIFEST)
-        os.replace(tmp_meta, root / META)
-    finally:
-        for path in (tmp_manifest, tmp_meta):
-            path.unlink(missing_ok=True)
+    with target_lock(normalise(root)):
+        try:
+            manifest.reset_index(drop=True).to_parquet(tmp_manifest, index=False)
+            meta = {**dataset.meta, **integrity_meta(tmp_manifest, root / STORE)}
+            tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
+            os.replace(tmp_manifest, root / MANIFEST)
+            os.replace(tmp_meta, root / META)
+        finally:
+            for path in (tmp_manifest, tmp_meta):
+                path.unlink(missing_ok=True)
     return Dataset.open(root)

@@ -1,17 +1,48 @@
-"""The predictions file: written atomically as CSV or Parquet, with the rejected list beside it."""
+"""The predictions table and file (CSV or Parquet, replaced whole), the rejected list beside it."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from uslearn.data.dataset import Dataset
-from uslearn.inference.package import ModelPackage, prediction_frame
+from uslearn import files
+from uslearn.data.dataset import CLASSES, Dataset
+from uslearn.inference.package import ModelPackage
 from uslearn.inference.score import Scored
+
+
+def prediction_frame(
+    package: ModelPackage, image: list[str], scores: np.ndarray, cluster: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Return the predictions table: image, score_<class>, label_<class>, labels (';'-joined).
+
+    A clustering model's table also has ``cluster`` (the argmax cluster of each image).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(image), len(package.classes))
+    labels = package.labels(scores)
+    frame = pd.DataFrame({"image": pd.Series(image, dtype=str)})
+    for c, name in enumerate(package.classes):
+        frame[f"score_{name}"] = scores[:, c]
+    for c, name in enumerate(package.classes):
+        frame[f"label_{name}"] = labels[:, c]
+    names = np.array(package.classes, dtype=object)
+    frame["labels"] = [";".join(names[row.astype(bool)]) for row in labels]
+    if cluster is not None:
+        frame["cluster"] = np.asarray(cluster, dtype=np.int64)
+    return frame
+
+
+def score_columns(classes: tuple[str, ...] = CLASSES) -> list[str]:
+    """Return the ``score_<class>`` column names in class order."""
+    return [f"score_{c}" for c in classes]
+
+
+def label_columns(classes: tuple[str, ...] = CLASSES) -> list[str]:
+    """Return the ``label_<class>`` column names in class order."""
+    return [f"label_{c}" for c in classes]
 
 
 def rejected_path(out: Path) -> Path:
@@ -38,15 +69,19 @@ class RowView:
 
 
 def write_predictions(package: ModelPackage, scored: Scored, out: Path) -> pd.DataFrame:
-    """Write the predictions table to ``out`` (.csv or .parquet) atomically; return it."""
+    """Write the predictions table to ``out`` (.csv or .parquet), replaced whole; return it.
+
+    Raises:
+        EnvError: disk full or permission denied (an earlier ``out`` is left as it was).
+    """
     frame = prediction_frame(package, scored.image, scored.scores, scored.cluster)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
     if out.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
+        content = frame.to_parquet(None, index=False)
     else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+        content = frame.to_csv(index=False).encode("utf-8")
+    with files.replacing(out, "the predictions") as handle:
+        handle.write(content)
     return frame
 
 

@@ -13,8 +13,8 @@ A package is a small directory, the same files a run writes into its output fold
                         dataset fingerprint
 
 So ``uslearn train --out DIR`` leaves a package in DIR, and the MLflow model of a run carries
-the same directory as its artifact (``uslearn.inference.tracking``). ``ModelPackage.load``
-reads either, or a downloaded MLflow model directory.
+the same directory as its artifact ``package`` (``uslearn.study.logged_models``).
+``ModelPackage.load`` reads either, or a downloaded MLflow model directory.
 
 Scores: a sigmoid head gives per-class probabilities; a clustering model gives every image the
 soft multi-label v̂_k of its argmax cluster (Algorithm 1), exactly as at evaluation time. Labels
@@ -32,16 +32,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uslearn import augment
-from uslearn.data.dataset import CLASSES, Dataset
-from uslearn.data.images import ImageRejected, Preprocess, prepare
+from uslearn import files
+from uslearn.data.dataset import Dataset
+from uslearn.data.images import Preprocess, prepare
 from uslearn.data.ingest import REPORT
 from uslearn.errors import UserError
 from uslearn.models import Network, load_network
+from uslearn.strategies import evaluation
+from uslearn.strategies.context import autocast_dtype, resolve_device
+from uslearn.strategies.registry import entry
 
 PACKAGE_JSON = "package.json"
 WEIGHTS = "best.pt"
 FORMAT = 1
+# Where the package lies inside an MLflow model directory (the pyfunc artifact "package").
+MLFLOW_ARTIFACT = "package"
+IN_MLFLOW_MODEL = Path("artifacts") / MLFLOW_ARTIFACT
 # Files of a run directory that make up a package (cluster_labels.csv for clustering only).
 FILES = (
     WEIGHTS,
@@ -51,22 +57,7 @@ FILES = (
     "cluster_labels.csv",
     PACKAGE_JSON,
 )
-# TODO(strategy registry refactor): read the family from the registry once it carries one.
-FAMILIES = {
-    "pica": "clustering",
-    "lsd": "clustering",
-    "supervised": "supervised",
-    "fixmatch_one": "semi-supervised",
-    "fixmatch_two": "semi-supervised",
-}
 SCORING_HEADS = ("multilabel", "cluster")  # sigmoid probabilities, or Algorithm 1's soft labels
-
-
-def family_of(strategy: str, heads: dict[str, int]) -> str:
-    """Return clustering / supervised / semi-supervised for a strategy (from its heads if unknown)."""
-    if strategy in FAMILIES:
-        return FAMILIES[strategy]
-    return "clustering" if "multilabel" not in heads else "supervised"
 
 
 def _read_json(path: Path) -> dict:
@@ -125,11 +116,11 @@ def write_package(run_dir: str | Path, data: Dataset) -> Path:
             "doppler_chroma": preprocess.doppler_chroma,
         },
         "strategy": config["strategy"],
-        "family": family_of(config["strategy"], heads),
+        "family": entry(config["strategy"]).family,
         "dataset_fingerprint": data.fingerprint,
     }
     path = run_dir / PACKAGE_JSON
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    files.write_text(path, json.dumps(info, indent=2) + "\n", "the model package's description")
     return path
 
 
@@ -204,7 +195,7 @@ class ModelPackage:
         """
         root = Path(path)
         if (root / "MLmodel").is_file():  # a downloaded MLflow model: the package is its artifact
-            root = root / "artifacts" / "package"
+            root = root / IN_MLFLOW_MODEL
         if not root.is_dir():
             raise UserError(
                 f"model {path}: no such directory (expected a run directory of 'uslearn train "
@@ -305,17 +296,17 @@ class ModelPackage:
                 f"{self.stored_size} px images; import the data again with --size {self.stored_size}"
             )
 
-    def to(self, device: str | torch.device = "auto", precision: str = "auto") -> ModelPackage:
-        """Move the network to ``device`` (``auto``: CUDA when present); bf16 autocast on CUDA.
+    def to(self, device: str = "auto", precision: str = "auto") -> ModelPackage:
+        """Move the network to ``device`` (``auto``: a GPU when there is one); return self.
 
-        The same device and precision rules as training evaluation, so scores match it.
+        The device and precision rules of training (``strategies.context``: bf16 autocast and
+        channels_last on CUDA, fp32 on the CPU), so scores match its evaluation.
         """
-        device = resolve_device(device)
+        device = resolve_device(str(device))
         self.network.to(device)
         if device.type == "cuda":
             self.network.to(memory_format=torch.channels_last)
-        use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-        self.device, self.amp_dtype = device, (torch.bfloat16 if use_bf16 else None)
+        self.device, self.amp_dtype = device, autocast_dtype(precision, device)
         return self
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
@@ -335,7 +326,6 @@ class ModelPackage:
                 f"training data), got {images.dtype} {images.shape}"
             )
 
-    @torch.no_grad()
     def score(self, images: np.ndarray | torch.Tensor, features: bool = False) -> BatchScores:
         """Return the scores of a uint8 (B, S, S) batch of stored images.
 
@@ -343,28 +333,25 @@ class ModelPackage:
             images: stored images (``Dataset.images`` rows, or frames through ``prepare``).
             features: also return the (B, 512) backbone features.
         """
-        batch = torch.as_tensor(images)
-        x = augment.to_input(batch.to(self.device, non_blocking=True), self.image_size)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-        ):
-            feats = self.network.features(x)
-            logits = self.network.head(feats)[self.head].float().cpu().numpy()
+        out = evaluation.forward(
+            self.network,
+            torch.as_tensor(images),
+            self.image_size,
+            self.device,
+            self.amp_dtype,
+            features,
+        )
+        logits = out[self.head].numpy()
+        feats = out["features"].numpy() if features else None
         if self.head == "multilabel":
-            # The same expression as training's evaluation, so scores agree to the last bit.
-            return BatchScores(
-                scores=1.0 / (1.0 + np.exp(-logits)),
-                features=feats.float().cpu().numpy() if features else None,
-            )
+            return BatchScores(scores=evaluation.sigmoid(logits), features=feats)
         cluster = logits.argmax(axis=1)
         return BatchScores(
             # float64 like the matrix: the thresholds are some of these very values.
             scores=self.cluster_labels[cluster],
             cluster=cluster,
             cluster_probs=torch.from_numpy(logits).softmax(dim=1).numpy(),
-            features=feats.float().cpu().numpy() if features else None,
+            features=feats,
         )
 
     def labels(self, scores: np.ndarray) -> np.ndarray:
@@ -372,56 +359,4 @@ class ModelPackage:
         return (np.asarray(scores, dtype=np.float64) >= self.thresholds).astype(np.int8)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Return the torch device for ``auto`` / ``cpu`` / ``cuda[:i]``; UserError if CUDA is absent."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return device
-
-
-def prediction_frame(
-    package: ModelPackage, image: list[str], scores: np.ndarray, cluster: np.ndarray | None = None
-) -> pd.DataFrame:
-    """Return the predictions table: image, score_<class>, label_<class>, labels (';'-joined).
-
-    A clustering model's table also has ``cluster`` (the argmax cluster of each image).
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(len(image), len(package.classes))
-    labels = package.labels(scores)
-    frame = pd.DataFrame({"image": pd.Series(image, dtype=str)})
-    for c, name in enumerate(package.classes):
-        frame[f"score_{name}"] = scores[:, c]
-    for c, name in enumerate(package.classes):
-        frame[f"label_{name}"] = labels[:, c]
-    names = np.array(package.classes, dtype=object)
-    frame["labels"] = [";".join(names[row.astype(bool)]) for row in labels]
-    if cluster is not None:
-        frame["cluster"] = np.asarray(cluster, dtype=np.int64)
-    return frame
-
-
-def score_columns(classes: tuple[str, ...] = CLASSES) -> list[str]:
-    """Return the ``score_<class>`` column names in class order."""
-    return [f"score_{c}" for c in classes]
-
-
-def label_columns(classes: tuple[str, ...] = CLASSES) -> list[str]:
-    """Return the ``label_<class>`` column names in class order."""
-    return [f"label_{c}" for c in classes]
-
-
-__all__ = [
-    "BatchScores",
-    "ImageRejected",
-    "ModelPackage",
-    "family_of",
-    "import_settings",
-    "label_columns",
-    "prediction_frame",
-    "resolve_device",
-    "score_columns",
-    "write_package",
-]
+__all__ = ["BatchScores", "ModelPackage", "import_settings", "write_package"]

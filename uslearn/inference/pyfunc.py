@@ -22,16 +22,54 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from uslearn.data.images import ImageRejected, read_image_file
-from uslearn.inference.package import ModelPackage, prediction_frame
+from uslearn.inference.output import prediction_frame
+from uslearn.inference.package import MLFLOW_ARTIFACT, ModelPackage
 from uslearn.strategies.evaluation import EVAL_BATCH
+
+# The "models from code" file MLflow stores with the model and runs to load it.
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+
+
+def requirements() -> list[str]:
+    """Return the pip requirements of a saved model (the versions installed here).
+
+    ``uslearn`` itself is not on PyPI: install this repository where the model is loaded.
+    """
+    from importlib.metadata import version
+
+    names = ("torch", "torchvision", "numpy", "pandas", "pillow", "scipy", "mlflow")
+    return [f"{n}=={version(n).split('+')[0]}" for n in names]
+
+
+def save(package: ModelPackage, path: str | Path, mlflow_model: Model | None = None) -> Path:
+    """Save ``package`` as an MLflow ``python_function`` model directory at ``path``; return it.
+
+    Args:
+        package: the loaded package; its files become the model's artifact ``package``.
+        path: a new directory.
+        mlflow_model: the ``Model`` whose ids (run, logged model) the ``MLmodel`` file records.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        files = package.save(Path(tmp) / MLFLOW_ARTIFACT)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=str(ENTRY),
+            artifacts={MLFLOW_ARTIFACT: str(files)},
+            signature=signature(package),
+            pip_requirements=requirements(),
+            metadata=package.describe(),
+            mlflow_model=mlflow_model,
+        )
+    return Path(path)
 
 
 def signature(package: ModelPackage) -> ModelSignature:
@@ -103,7 +141,7 @@ class PackagedModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         """Load the package from the model's artifacts onto the GPU when there is one."""
-        self.package = ModelPackage.load(context.artifacts["package"]).to("auto")
+        self.package = ModelPackage.load(context.artifacts[MLFLOW_ARTIFACT]).to("auto")
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """Return one prediction row per row of ``model_input`` (see the module docstring)."""

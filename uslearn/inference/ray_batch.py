@@ -170,12 +170,13 @@ def _assemble(parts: list[dict[str, np.ndarray]], source: Source, seconds: float
     columns = {k: v[order] for k, v in columns.items()}
     ok = columns["reason"] == ""
     rejections = list(source.rejections)
-    for item, frame, reason, detail in zip(
-        columns["item"][~ok], columns["frame"][~ok], columns["reason"][~ok], columns["detail"][~ok]
-    ):
+    bad = {k: columns[k][~ok] for k in ("item", "frame", "reason", "detail", "image")}
+    for item, frame, reason, detail, image_id in zip(*bad.values()):
         frame = None if int(frame) < 0 else int(frame)
         rejections.append(
-            Rejection(source.items[int(item)].source, frame, str(reason), str(detail))
+            Rejection(
+                source.items[int(item)].source, frame, str(reason), str(detail), str(image_id)
+            )
         )
     cluster = columns["cluster"][ok]
     rows = None

@@ -115,7 +115,9 @@ def score_source(
             frames = item.frames or [None] * len(item.records)
             for record, frame, (image, reason, detail) in zip(item.records, frames, results):
                 if image is None:
-                    rejections.append(Rejection(item.source, frame, reason, detail))
+                    rejections.append(
+                        Rejection(item.source, frame, reason, detail, record["image_id"])
+                    )
                     continue
                 ids.append(record["image_id"])
                 pending.append(image)

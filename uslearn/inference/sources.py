@@ -7,9 +7,12 @@ crop, colour-Doppler rejection and letterbox resize as the training data got, so
 scored here and the same frame imported and scored from the dataset give the same image.
 Unreadable and rejected files are skipped and reported, never fatal.
 
-Image ids: a dataset's ``image_id``; a file's path relative to the input folder; for DICOM
-the pseudonym of its SOPInstanceUID (+ ``-f<frame>`` of a multi-frame file), made with the
-salt of ``uslearn data import-dicom``, so raw identifiers never reach the output.
+Image ids are those an import gives (docs/DATA.md, "Privacy"): a dataset's ``image_id``; for
+a folder the pseudonym of the file's path relative to it, for DICOM the pseudonym of its
+SOPInstanceUID (+ ``-f<frame>`` of a multi-frame file), made with the import's salt. So no
+source path or raw identifier reaches the predictions or the rejected list, the same file
+gets the same id as in a dataset imported with that salt, and ``uslearn data locate`` finds
+the file of an id.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 
 from uslearn.data import dicom, importers
 from uslearn.data.dataset import SPLITS, Dataset
-from uslearn.data.images import IMAGE_SUFFIXES, Preprocess
+from uslearn.data.images import Preprocess
 from uslearn.data.importers import ImportSettings
 from uslearn.data.ingest import Item, Outcome, Rejection, Workers
 from uslearn.errors import UserError
@@ -77,22 +80,15 @@ def from_dataset(data: Dataset, split: str | None, preprocess: Preprocess) -> So
     return Source("data", data.root, items, preprocess, data=data)
 
 
-def from_images(root: str | Path, preprocess: Preprocess) -> Source:
-    """Return every image file under ``root`` (sorted; hidden files skipped).
+def from_images(root: str | Path, preprocess: Preprocess, salt: str) -> Source:
+    """Return every image file under ``root`` (sorted; hidden files skipped), as the folder
+    import lists them (``importers.plan_folder`` with every file unlabelled).
 
     Raises:
         UserError: no such folder, or no image file in it.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"--images {root}: not a folder")
-    files = importers.list_images(root)
-    if not files:
-        raise UserError(
-            f"--images {root}: no image files found (looked for {', '.join(IMAGE_SUFFIXES)})"
-        )
-    items = [Item(rel, str(root / rel), [{"image_id": rel}]) for rel in files]
-    return Source("images", root, items, preprocess)
+    items, _ = importers.plan_folder(Path(root), None, include_unlisted=True, salt=salt)
+    return Source("images", Path(root), items, preprocess)
 
 
 def from_dicom(

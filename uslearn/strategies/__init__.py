@@ -1,25 +1,33 @@
-"""Strategies of the paper: PICA / LSD (clustering.py), fine-tuning (supervised.py), FixMatch
-One-Head / Two-Head (fixmatch.py), over one shared loop (loop.py).
+"""Strategies of the paper, one file each over one shared loop (loop.py), named by the registry.
 
-``run`` and ``STRATEGIES`` (registry.py) import torch, so they load on first use; the configs
-(config.py) do not, so validating a config stays cheap.
+The registry (registry.py) and the configs (config.py) do not import torch, so naming,
+validating and grouping strategies stays cheap; ``run`` (runner.py) imports torch, so it loads
+on first use.
 """
 
-from uslearn.strategies.config import STRATEGY_NAMES, config_classes, parse_config, resolved_config
+from uslearn.strategies.registry import (
+    STRATEGY_NAMES,
+    config_classes,
+    entry,
+    names,
+    parse_config,
+    resolved_config,
+)
 
 
 def __getattr__(name: str):
-    if name in ("run", "STRATEGIES"):
-        from uslearn.strategies import registry
+    if name == "run":
+        from uslearn.strategies.runner import run
 
-        return getattr(registry, name)
+        return run
     raise AttributeError(f"module 'uslearn.strategies' has no attribute {name!r}")
 
 
 __all__ = [
-    "STRATEGIES",
     "STRATEGY_NAMES",
     "config_classes",
+    "entry",
+    "names",
     "parse_config",
     "resolved_config",
     "run",

@@ -1,4 +1,10 @@
-"""Mechanics two or more strategies share: which rows they train on, exam batches, scoring."""
+"""Mechanics two or more strategies share: which rows they train on, exam batches, scoring.
+
+Scoring comes in two kinds, one per kind of head: ``MultilabelScoring`` (a C-way sigmoid head:
+supervised and FixMatch) and ``ClusterScoring`` (a K-way ``cluster`` head mapped to labels by
+Algorithm 1: every clustering method). ``TwoViewClustering`` is what the clustering methods
+share besides their loss: two augmented views of unlabelled exam batches, the last epoch kept.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from uslearn import augment, files, metrics
 from uslearn.data.dataset import CLASSES, Dataset
+from uslearn.data.loader import load_batch
 from uslearn.data.sampler import ExamBatchSampler
 from uslearn.data.splits import labelled_rows, labelled_subset
 from uslearn.errors import UserError
 from uslearn.strategies import evaluation
-from uslearn.strategies.loop import Context
+from uslearn.strategies.config import ClusteringConfig, TrainConfig
+from uslearn.strategies.context import RunContext
+from uslearn.strategies.distributed import gather_rows
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class Rows:
 
 
 def exam_sampler(
-    data: Dataset, rows: np.ndarray, exams_per_batch: int, ctx: Context
+    data: Dataset, rows: np.ndarray, exams_per_batch: int, ctx: RunContext
 ) -> ExamBatchSampler:
     """Return the rank-aware exam batch sampler over ``rows`` (paper Sec. 3.2: batches of exams)."""
     if len(rows) == 0:
@@ -82,25 +92,32 @@ def targets(data: Dataset, rows: np.ndarray, device: torch.device) -> torch.Tens
     return torch.from_numpy(data.labels[rows].astype(np.float32)).to(device, non_blocking=True)
 
 
-class MultilabelScoring:
-    """Validation and final evaluation through the sigmoid head (supervised and FixMatch)."""
+class Scoring:
+    """What both kinds of scoring read: the data, the rows of each role and the run context."""
 
     data: Dataset
     rows: Rows
-    ctx: Context
+    ctx: RunContext
 
-    def scores(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
-        """Return the (N, C) sigmoid scores of the ``multilabel`` head."""
-        logits = evaluation.predict_logits(
+    def logits(self, model: torch.nn.Module, rows: np.ndarray, head: str) -> np.ndarray:
+        """Return the (N, n) logits of ``head`` for dataset ``rows``, as the run sees them."""
+        return evaluation.predict_logits(
             model,
             self.data,
             rows,
-            "multilabel",
+            head,
             self.ctx.cfg.image_size,
             self.ctx.device,
             self.ctx.amp_dtype,
         )
-        return 1.0 / (1.0 + np.exp(-logits))
+
+
+class MultilabelScoring(Scoring):
+    """Validation and final evaluation through the sigmoid head (supervised and FixMatch)."""
+
+    def scores(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
+        """Return the (N, C) sigmoid scores of the ``multilabel`` head."""
+        return evaluation.sigmoid(self.logits(model, rows, "multilabel"))
 
     def validate(self, model: torch.nn.Module) -> float:
         """Return the weighted F1 on validation (thresholds fitted on validation)."""
@@ -125,4 +142,126 @@ class MultilabelScoring:
         return thresholds, report, {}
 
 
-__all__ = ["CLASSES", "MultilabelScoring", "Rows", "exam_sampler", "sampled_rows", "targets"]
+class ClusterScoring(Scoring):
+    """Validation and final evaluation of a ``cluster`` head through Algorithm 1.
+
+    Every labelled image adds its multi-hot v to the row of its argmax cluster; rows divided
+    by their counts give a soft multi-label v̂_k per cluster (a cluster no labelled image
+    reaches gets the labelled set's label prior). Each val/test image is scored with its
+    cluster's v̂, thresholds are fitted on validation and metrics reported on test, with NMI /
+    ARI / Hungarian accuracy against the label-combination index.
+    """
+
+    combinations: metrics.LabelCombinations  # K from the labelled set (Sec. 2.2.3)
+    k: int
+
+    def assignments(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
+        """Return the (N,) argmax cluster of each of ``rows``."""
+        return self.logits(model, rows, "cluster").argmax(axis=1)
+
+    def cluster_labels(self, model: torch.nn.Module) -> np.ndarray:
+        """Return Algorithm 1's (K, C) soft multi-labels from the labelled rows."""
+        labelled = self.rows.labelled
+        return metrics.match_clusters(
+            self.assignments(model, labelled), self.data.labels[labelled], self.k
+        )
+
+    def validate(self, model: torch.nn.Module) -> float:
+        """Return the weighted F1 on validation of Algorithm 1's cluster → multi-label scores."""
+        soft_labels = self.cluster_labels(model)
+        val_scores = soft_labels[self.assignments(model, self.rows.val)]
+        return evaluation.weighted_f1(val_scores, self.data.labels[self.rows.val])
+
+    def finish(
+        self, model: torch.nn.Module, out_dir: Path
+    ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
+        """Return thresholds, test report and NMI/ARI; write ``cluster_labels.csv``."""
+        soft_labels = self.cluster_labels(model)
+        val_clusters, test_clusters = (
+            self.assignments(model, self.rows.val),
+            self.assignments(model, self.rows.test),
+        )
+        y_val, y_test = self.data.labels[self.rows.val], self.data.labels[self.rows.test]
+        thresholds, report = evaluation.test_report(
+            soft_labels[val_clusters], y_val, soft_labels[test_clusters], y_test
+        )
+        truth = self.combinations.encode(y_test)
+        extra = {
+            "test/nmi": metrics.nmi(truth, test_clusters),
+            "test/ari": metrics.ari(truth, test_clusters),
+            "test/hungarian_accuracy": metrics.hungarian_accuracy(truth, test_clusters),
+            "k": float(self.k),
+        }
+        table = pd.DataFrame(soft_labels, columns=list(CLASSES))
+        labelled_clusters = self.assignments(model, self.rows.labelled)
+        table.insert(0, "n_labelled", np.bincount(labelled_clusters, minlength=self.k))
+        table.insert(0, "n_test", np.bincount(test_clusters, minlength=self.k))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files.write_text(
+            out_dir / "cluster_labels.csv",
+            table.to_csv(index_label="cluster"),
+            "the clusters' labels",
+        )
+        return thresholds, report, extra
+
+
+class TwoViewClustering(ClusterScoring):
+    """A deep-clustering method's run: a K-way ``cluster`` head trained on two augmented views
+    of every unlabelled exam batch for ``epochs``, the last epoch kept (Sec. 3.2), scored by
+    Algorithm 1. Subclasses give ``step`` (their loss on the two views).
+
+    K is the number of label combinations seen at least ``min_combination_count`` times in the
+    labelled split (Sec. 2.2.3) unless ``k`` is given. A dataset without unlabelled images
+    trains on the labelled ones, their labels ignored.
+    """
+
+    keep = "last"  # paper: the weights of the last epoch are evaluated
+    patience = None
+
+    def __init__(self, cfg: TrainConfig, own: ClusteringConfig, data: Dataset, ctx: RunContext):
+        self.cfg, self.own, self.data, self.ctx = cfg, own, data, ctx
+        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
+        train_rows = self.rows.unlabelled if len(self.rows.unlabelled) else self.rows.labelled
+        self.sampler = exam_sampler(data, train_rows, cfg.batch_exams, ctx)
+        self.combinations = metrics.label_combinations(
+            data.labels[self.rows.labelled], min_count=own.min_combination_count
+        )
+        self.k = own.k or max(len(self.combinations), 2)
+        self.heads = {"cluster": self.k}
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = own.epochs * self.steps_per_epoch
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+
+    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield both augmented views (x̃, x̂) of each unlabelled exam batch, stacked."""
+        for rows in sampled_rows(self.sampler, start_step):
+            images = load_batch(self.data.images, rows, device=self.ctx.device)
+            view_a, view_b = augment.pica_views(images, self.cfg.image_size, self.ctx.generator)
+            yield {"x": torch.cat([view_a, view_b]), "n_images": 2 * len(rows)}
+
+    def view_probs(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (B, K) float32 cluster probabilities of each view of the global batch.
+
+        Under DDP, B counts every rank's images: the clustering losses are statistics of the
+        whole batch (PICA's M and Z, IIC's joint distribution), so the rows of all ranks are
+        gathered, differentiably (``distributed.gather_rows``).
+        """
+        # Both views in one forward pass, so BatchNorm normalises them with the same statistics.
+        probs = model(batch["x"])["cluster"].float().softmax(dim=1)  # (2B_r, K)
+        probs_a, probs_b = probs.chunk(2)
+        # One collective for both views: (B_r, 2K) on each rank → (B, 2K).
+        both = gather_rows(torch.cat([probs_a, probs_b], dim=1))
+        return both.split(probs_a.shape[1], dim=1)
+
+
+__all__ = [
+    "CLASSES",
+    "ClusterScoring",
+    "MultilabelScoring",
+    "Rows",
+    "Scoring",
+    "TwoViewClustering",
+    "exam_sampler",
+    "sampled_rows",
+    "targets",
+]

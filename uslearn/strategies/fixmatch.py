@@ -30,16 +30,16 @@ from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 from uslearn.strategies.common import MultilabelScoring, Rows, exam_sampler, sampled_rows, targets
 from uslearn.strategies.config import FixMatchConfig, TrainConfig
-from uslearn.strategies.loop import Context
+from uslearn.strategies.context import RunContext
 
 
 class FixMatchStrategy(MultilabelScoring):
     """One-Head or Two-Head FixMatch, chosen by ``cfg.strategy``."""
 
     keep = "best"
-    early_stopping = False  # paper: a fixed number of steps
+    patience = None  # paper: a fixed number of steps
 
-    def __init__(self, cfg: TrainConfig, own: FixMatchConfig, data: Dataset, ctx: Context):
+    def __init__(self, cfg: TrainConfig, own: FixMatchConfig, data: Dataset, ctx: RunContext):
         self.cfg, self.own, self.data, self.ctx = cfg, own, data, ctx
         self.two_head = cfg.strategy == "fixmatch_two"
         self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
@@ -54,7 +54,7 @@ class FixMatchStrategy(MultilabelScoring):
             )
             self.heads["combo"] = len(self.combinations)
         self.steps_per_epoch = len(self.labelled_sampler)
-        self.total_steps = cfg.steps
+        self.total_steps = own.steps
         self.eval_every = cfg.eval_every or self.steps_per_epoch
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -115,6 +115,8 @@ class FixMatchStrategy(MultilabelScoring):
         }
 
 
-def build(cfg: TrainConfig, own: FixMatchConfig, data: Dataset, ctx: Context) -> FixMatchStrategy:
+def build(
+    cfg: TrainConfig, own: FixMatchConfig, data: Dataset, ctx: RunContext
+) -> FixMatchStrategy:
     """Return the One-Head or Two-Head FixMatch strategy for this run."""
     return FixMatchStrategy(cfg, own, data, ctx)

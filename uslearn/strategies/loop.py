@@ -1,56 +1,45 @@
-"""The shared training loop: one plain function every strategy runs through.
+"""The shared training loop every strategy runs through, in four plain steps.
 
 A strategy supplies its network heads, a stream of ready batches and ``step(model, batch) ->
-(loss, logs)``; this loop owns everything else in plain sight: device and precision, DDP
-wrapping, the optimiser, the gradient step, evaluation cadence, early stopping, the best /
-last checkpoint, resume, NaN detection and reporting. Strategies never call ``backward``.
+(loss, logs)`` (the ``Strategy`` protocol lists all it supplies); the loop owns everything else
+in plain sight. ``train`` reads top to bottom like torchvision's reference loop: ``prepare``
+(device and precision, Adam, resume, DDP / ``torch.compile`` wrapping), then ``train_step`` per
+batch (forward through ``strategy.step``, backward, optimiser step), every ``eval_every`` steps
+``evaluate_and_checkpoint`` (validation, the best / last weights, the resume checkpoint, the
+report; it returns whether to stop early) and at the end ``load_kept`` (the kept weights back
+into the model on every rank). NaN detection costs one host sync per ``LOG_EVERY`` steps.
+Strategies never call ``backward``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 
+from uslearn import files, models
 from uslearn.errors import UserError
 from uslearn.log import get_logger, progress
-from uslearn.strategies.config import TrainConfig
+from uslearn.strategies import checkpoint
+from uslearn.strategies.context import RunContext
 
 log = get_logger(__name__)
-Report = Callable[[dict[str, float], "str | None"], None]
+# Called at every evaluation on every rank as (metrics, checkpoint dir on rank 0, else None).
+OnEvaluation = Callable[[dict[str, float], "str | None"], None]
 LOG_EVERY = 10  # steps between host syncs: keeps `.item()` off the per-step path on a GPU
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss parts."""
-
-
-@dataclass
-class Context:
-    """What a strategy needs to know about where it runs."""
-
-    cfg: TrainConfig
-    device: torch.device
-    rank: int
-    world_size: int
-    generator: torch.Generator  # augmentation randomness, on ``device``
-    amp_dtype: torch.dtype | None  # bf16 autocast on CUDA, None (fp32) on CPU
-
-    @property
-    def is_main(self) -> bool:
-        """Return True on the process that writes files and logs (rank 0)."""
-        return self.rank == 0
 
 
 @dataclass
@@ -65,74 +54,87 @@ class LoopState:
 
 
 class Strategy(Protocol):
-    """What ``train`` needs from a strategy (see clustering.py, supervised.py, fixmatch.py)."""
+    """Everything the loop and ``runner.run`` read from a strategy (e.g. supervised.py).
+
+    Attributes:
+        heads: head name -> outputs; the network is built with exactly these heads.
+        steps_per_epoch: steps of one pass over the pool that paces the run (``epoch`` metric).
+        total_steps: steps of the whole run.
+        eval_every: steps between evaluations (the last step is always evaluated).
+        keep: ``"best"`` validation checkpoint or ``"last"`` one (clustering: the last epoch).
+        patience: stop after this many evaluations without validation gain; None = never.
+    """
 
     heads: dict[str, int]
+    steps_per_epoch: int
     total_steps: int
     eval_every: int
-    keep: str  # "best": keep the best validation checkpoint; "last": the last one (clustering)
-    early_stopping: bool
+    keep: str
+    patience: int | None
 
-    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]: ...
+    def batches(self, start_step: int) -> Iterator[dict[str, Any]]:
+        """Yield ready batches on the device from global step ``start_step`` on, forever.
+
+        Besides what ``step`` reads, each batch holds ``n_images``: the images that go through
+        the network in this step, views counted (``train/img_per_s`` counts them).
+        """
+        ...
 
     def step(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+        self, model: torch.nn.Module, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the scalar loss of ``batch`` and its parts to log (tensors, not floats)."""
+        ...
 
-    def validate(self, model: torch.nn.Module) -> float: ...
+    def validate(self, model: torch.nn.Module) -> float:
+        """Return the model-selection score: weighted F1 on validation."""
+        ...
 
-
-def make_context(cfg: TrainConfig) -> Context:
-    """Return the run's context: device, rank, seeded generators and precision."""
-    rank, world = (
-        (dist.get_rank(), dist.get_world_size())
-        if dist.is_available() and dist.is_initialized()
-        else (0, 1)
-    )
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cfg.device in ("auto", "cuda"):
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda was asked for but CUDA is not available; use --device cpu")
-        # One GPU per DDP rank on a node: rank i of a node takes cuda:i.
-        device = (
-            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        )
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(
-                f"device={cfg.device} was asked for but CUDA is not available; use --device cpu"
-            )
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    precision = (
-        cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    )
-    # Same seed on every rank: model init must agree before DDP's broadcast; augmentation
-    # streams differ by rank so ranks do not draw identical crops.
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
-    return Context(
-        cfg, device, rank, world, generator, torch.bfloat16 if precision == "bf16" else None
-    )
+    def finish(
+        self, model: torch.nn.Module, out_dir: Path
+    ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
+        """Return (validation-fitted thresholds, test report, extra test metrics) of the kept model."""
+        ...
 
 
-def _save_checkpoint(path: Path, model, optimizer, state: LoopState, ctx: Context) -> None:
-    """Write model, optimiser, loop state and RNG states atomically to ``path``."""
+@dataclass
+class Training:
+    """What the loop's steps share during one run.
+
+    Attributes:
+        model: the bare network; ``load_kept`` loads the kept weights into it.
+        net: what the steps call: ``model`` under DDP and/or ``torch.compile``.
+        optimizer: Adam over ``model``'s parameters.
+        state: the counters a checkpoint restores.
+        ckpt_dir: ``<out_dir>/checkpoint`` (``checkpoint.pt`` to resume, ``best.pt`` kept).
+        record: the run's resolved config (with the dataset fingerprint), stored in every
+            checkpoint: a resume compares it with its own.
+        images_seen, tick: images trained on since the last evaluation, and when it ended.
+    """
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    state: LoopState
+    ckpt_dir: Path
+    record: dict[str, Any]
+    images_seen: int = 0
+    tick: float = field(default_factory=time.perf_counter)
+
+
+def _save_checkpoints(training: Training, ctx: RunContext, best: bool) -> None:
+    """Write ``checkpoint.pt`` (and ``best.pt`` when ``best``), both or neither (checkpoint.py)."""
+    model = _unwrap(training.net).state_dict()
     payload = {
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "state": asdict(state),
+        "model": model,
+        "optimizer": training.optimizer.state_dict(),
+        "state": asdict(training.state),
         "generator": ctx.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "config": asdict(ctx.cfg),
+        "config": training.record,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    kept = {"model": model, "config": training.record, "step": training.state.step}
+    checkpoint.save(training.ckpt_dir, payload, kept if best else None)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -141,7 +143,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _reduce_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+def _reduce_mean(values: torch.Tensor, ctx: RunContext) -> torch.Tensor:
     """Return ``values`` averaged over ranks (identity without DDP)."""
     if ctx.world_size > 1:
         values = values.clone()
@@ -150,7 +152,7 @@ def _reduce_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     return values
 
 
-def _from_rank0(value: float, ctx: Context) -> float:
+def _from_rank0(value: float, ctx: RunContext) -> float:
     """Return rank 0's ``value`` on every rank.
 
     BatchNorm running statistics differ between DDP ranks after their last local batch, so
@@ -167,71 +169,43 @@ def _from_rank0(value: float, ctx: Context) -> float:
 def train(
     strategy: Strategy,
     model: torch.nn.Module,
-    ctx: Context,
+    ctx: RunContext,
     out_dir: Path,
-    report: Report | None = None,
+    report: OnEvaluation | None = None,
     resume_from: str | Path | None = None,
+    record: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, LoopState]:
     """Train ``model`` with ``strategy`` to the end; return the kept model and the loop state.
 
     The kept model is the best validation checkpoint (``strategy.keep == "best"``) or the
     last one (``"last"``), loaded back into ``model``. ``report(metrics, checkpoint_dir)`` is
     called at every evaluation on every rank; checkpoint_dir is None on ranks other than 0.
-    """
-    cfg = ctx.cfg
-    model = model.to(ctx.device)
-    if ctx.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # paper: Adam, lr 1e-4 fixed
-    state = LoopState()
-    if resume_from is not None:
-        state = _resume(Path(resume_from), model, optimizer, ctx)
-        previous_best = Path(resume_from) / "best.pt"
-        if (
-            ctx.is_main
-            and previous_best.is_file()
-            and previous_best.resolve() != (out_dir / "checkpoint" / "best.pt").resolve()
-        ):
-            (out_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(previous_best, out_dir / "checkpoint" / "best.pt")
-        log.info("resumed from %s at step %d", resume_from, state.step)
-    net = model
-    if ctx.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = torch.compile(net)
+    ``record`` (the resolved config; default: ``ctx.cfg``) goes into every checkpoint.
 
-    # best.pt lives beside checkpoint.pt so that a run resumed elsewhere (a restored Tune
-    # trial) still has the best weights seen before the interruption.
-    ckpt_dir = out_dir / "checkpoint"
-    best_path = ckpt_dir / "best.pt"
-    pending: list[dict[str, torch.Tensor]] = []
+    Raises:
+        UserError: ``resume_from`` is no readable checkpoint, was written with another config
+            (only the length may differ) or lies past this run's end.
+    """
+    training = prepare(model, ctx, out_dir, resume_from, record)
+    state = training.state
+    if state.step > strategy.total_steps:
+        raise UserError(
+            f"cannot resume: the checkpoint is at step {state.step} (epoch "
+            f"{state.step / strategy.steps_per_epoch:g}), past the end of this run "
+            f"({strategy.total_steps} step(s)); give a length that reaches it"
+        )
     bar = (
-        progress(total=strategy.total_steps, desc=cfg.strategy, unit="step")
+        progress(total=strategy.total_steps, desc=ctx.cfg.strategy, unit="step")
         if ctx.is_main
         else None
     )
     if bar is not None:
         bar.update(state.step)
-    images_seen, tick = 0, time.perf_counter()
-    net.train()
+    pending: list[dict[str, torch.Tensor]] = []
     for batch in strategy.batches(state.step):
         if state.step >= strategy.total_steps:
             break
-        with torch.autocast(
-            ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.amp_dtype is not None
-        ):
-            loss, logs = strategy.step(net, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state.step += 1
-        images_seen += int(batch["n_images"])
-        pending.append(
-            {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in logs.items()}}
-        )
+        pending.append(train_step(training, strategy, batch, ctx))
         if bar is not None:
             bar.update(1)
         evaluate_now = state.step % strategy.eval_every == 0 or state.step == strategy.total_steps
@@ -239,74 +213,122 @@ def train(
             continue
         train_logs = _flush(pending, state.step, ctx)
         pending = []
-        if not evaluate_now:
-            continue
-        elapsed = time.perf_counter() - tick
-        metrics = {
-            **train_logs,
-            "train/img_per_s": images_seen * ctx.world_size / max(elapsed, 1e-9),
-        }
-        net.eval()
-        metrics["val/f1_weighted"] = _from_rank0(strategy.validate(_unwrap(net)), ctx)
-        net.train()
-        metrics.update(
-            step=float(state.step),
-            epoch=state.step / max(getattr(strategy, "steps_per_epoch", 1), 1),
-        )
-        gained = metrics["val/f1_weighted"] > state.best_score
-        if gained:
-            state.best_score, state.best_step, state.evals_since_gain = (
-                metrics["val/f1_weighted"],
-                state.step,
-                0,
-            )
-        else:
-            state.evals_since_gain += 1
-        state.history.append(metrics)
-        stop = strategy.early_stopping and state.evals_since_gain >= cfg.patience
-        if ctx.is_main:
-            if gained or strategy.keep == "last":
-                best_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {"model": _unwrap(net).state_dict(), "config": asdict(cfg), "step": state.step},
-                    best_path,
-                )
-            _save_checkpoint(ckpt_dir / "checkpoint.pt", net, optimizer, state, ctx)
-        if report is not None:
-            report(
-                {**metrics, "best_step": float(state.best_step)},
-                str(ckpt_dir) if ctx.is_main else None,
-            )
-        log.debug(
-            "step %d %s", state.step, json.dumps({k: round(v, 4) for k, v in metrics.items()})
-        )
-        images_seen, tick = 0, time.perf_counter()
-        if stop:
-            log.info(
-                "early stopping at step %d: no validation gain for %d evaluations",
-                state.step,
-                cfg.patience,
-            )
+        if evaluate_now and evaluate_and_checkpoint(training, strategy, ctx, train_logs, report):
             break
     if bar is not None:
         bar.close()
+    return load_kept(training, ctx, out_dir), state
+
+
+def prepare(
+    model: torch.nn.Module,
+    ctx: RunContext,
+    out_dir: Path,
+    resume_from: str | Path | None = None,
+    record: dict[str, Any] | None = None,
+) -> Training:
+    """Return the run's ``Training``: model on the device, Adam, resumed state, DDP / compile."""
+    record = dict(record) if record is not None else asdict(ctx.cfg)
+    model = model.to(ctx.device)
+    if ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.lr)  # paper: Adam, lr 1e-4 fixed
+    # best.pt lives beside checkpoint.pt so that a run resumed elsewhere (a restored Tune
+    # trial) still has the best weights seen before the interruption.
+    ckpt_dir = out_dir / "checkpoint"
+    state = LoopState()
+    if resume_from is not None:
+        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, record)
+    net = model
+    if ctx.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    if ctx.cfg.compile:
+        net = torch.compile(net)
+    net.train()
+    return Training(model, net, optimizer, state, ckpt_dir, record)
+
+
+def train_step(
+    training: Training, strategy: Strategy, batch: dict[str, Any], ctx: RunContext
+) -> dict[str, torch.Tensor]:
+    """Run one optimisation step on ``batch``; return its detached loss and logs (no host sync)."""
+    with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.amp_dtype is not None):
+        loss, logs = strategy.step(training.net, batch)
+    training.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    training.optimizer.step()
+    training.state.step += 1
+    training.images_seen += int(batch["n_images"])
+    return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in logs.items()}}
+
+
+def evaluate_and_checkpoint(
+    training: Training,
+    strategy: Strategy,
+    ctx: RunContext,
+    train_logs: dict[str, float],
+    report: OnEvaluation | None = None,
+) -> bool:
+    """Validate, keep the best (or last) weights, save the resume checkpoint and report.
+
+    Returns:
+        True when the run should stop early (``strategy.patience`` evaluations without gain).
+    """
+    state, net = training.state, training.net
+    elapsed = time.perf_counter() - training.tick
+    metrics = {
+        **train_logs,
+        "train/img_per_s": training.images_seen * ctx.world_size / max(elapsed, 1e-9),
+    }
+    net.eval()
+    metrics["val/f1_weighted"] = _from_rank0(strategy.validate(_unwrap(net)), ctx)
+    net.train()
+    metrics.update(step=float(state.step), epoch=state.step / strategy.steps_per_epoch)
+    gained = metrics["val/f1_weighted"] > state.best_score
+    if gained:
+        state.best_score, state.best_step = metrics["val/f1_weighted"], state.step
+        state.evals_since_gain = 0
+    else:
+        state.evals_since_gain += 1
+    state.history.append(metrics)
+    if ctx.is_main:
+        _save_checkpoints(training, ctx, best=gained or strategy.keep == "last")
+    if report is not None:
+        checkpoint_dir = str(training.ckpt_dir) if ctx.is_main else None
+        report({**metrics, "best_step": float(state.best_step)}, checkpoint_dir)
+    log.debug("step %d %s", state.step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    training.images_seen, training.tick = 0, time.perf_counter()
+    stop = strategy.patience is not None and state.evals_since_gain >= strategy.patience
+    if stop:
+        log.info(
+            "early stopping at step %d: no validation gain for %d evaluations",
+            state.step,
+            strategy.patience,
+        )
+    return stop
+
+
+def load_kept(training: Training, ctx: RunContext, out_dir: Path) -> torch.nn.Module:
+    """Return the model holding the kept weights on every rank; copy them to ``out_dir/best.pt``."""
+    model, best_path = training.model, training.ckpt_dir / "best.pt"
     if ctx.is_main:
         if not best_path.exists():
             raise UserError(
-                f"training ended before the first evaluation (step {state.step}); no checkpoint at {best_path}"
+                f"training ended before the first evaluation (step {training.state.step}); "
+                f"no checkpoint at {best_path}"
             )
-        model.load_state_dict(
-            torch.load(best_path, map_location="cpu", weights_only=False)["model"]
-        )
-        shutil.copy2(best_path, out_dir / "best.pt")
+        model.load_state_dict(models.load_file(best_path)["model"])
+        files.copy_file(best_path, out_dir / "best.pt", "the best weights")
     if ctx.world_size > 1:
         # Other ranks may run on other nodes: they get the kept weights from rank 0, not its disk.
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
-    return model, state
+    return model
 
 
-def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: Context) -> dict[str, float]:
+def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: RunContext) -> dict[str, float]:
     """Return the mean of the pending step logs as ``train/<name>`` floats; raise on NaN/inf.
 
     One host sync per LOG_EVERY steps instead of one per step.
@@ -324,14 +346,37 @@ def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: Context) -> d
     return {f"train/{n}": float(v) for n, v in zip(names, means)}
 
 
-def _resume(path: Path, model, optimizer, ctx: Context) -> LoopState:
-    """Load a checkpoint written by ``_save_checkpoint`` (a file or its directory)."""
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"{file}: no checkpoint to resume from")
-    payload = torch.load(file, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    ctx.generator.set_state(payload["generator"])
-    torch.set_rng_state(payload["torch_rng"])
-    return LoopState(**payload["state"])
+def _resume(
+    path: Path, model, optimizer, ctx: RunContext, ckpt_dir: Path, record: dict[str, Any]
+) -> LoopState:
+    """Load a checkpoint written by ``_save_checkpoints`` (a file or its directory).
+
+    Its config is checked first (``checkpoint.read_for_resume``: the same as ``record`` but
+    for the length). The best weights saved beside it are copied into this run's ``ckpt_dir``
+    (rank 0), so a run resumed into another folder still keeps the best model seen before the
+    interruption.
+
+    Raises:
+        UserError: one line naming the file: missing, unreadable, not a training checkpoint,
+            written with another config, or holding weights that do not fit the network.
+    """
+    file, payload = checkpoint.read_for_resume(path, record)
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        ctx.generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        state = LoopState(**payload["state"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{file}: does not fit this run's network ({reason})") from None
+    previous_best = file.parent / "best.pt"
+    if (
+        ctx.is_main
+        and previous_best.is_file()
+        and previous_best.resolve() != (ckpt_dir / "best.pt").resolve()
+    ):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        files.copy_file(previous_best, ckpt_dir / "best.pt", "the best weights")
+    log.info("resumed from %s at step %d", path, state.step)
+    return state

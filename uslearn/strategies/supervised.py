@@ -18,23 +18,23 @@ from uslearn import augment, losses
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 from uslearn.strategies.common import MultilabelScoring, Rows, exam_sampler, sampled_rows, targets
-from uslearn.strategies.config import TrainConfig
-from uslearn.strategies.loop import Context
+from uslearn.strategies.config import SupervisedConfig, TrainConfig
+from uslearn.strategies.context import RunContext
 
 
 class SupervisedStrategy(MultilabelScoring):
     """Binary cross-entropy on labelled exam batches (Eq. 9)."""
 
     keep = "best"
-    early_stopping = True
 
-    def __init__(self, cfg: TrainConfig, data: Dataset, ctx: Context):
+    def __init__(self, cfg: TrainConfig, own: SupervisedConfig, data: Dataset, ctx: RunContext):
         self.cfg, self.data, self.ctx = cfg, data, ctx
+        self.patience = own.patience
         self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
         self.sampler = exam_sampler(data, self.rows.labelled, cfg.batch_exams, ctx)
         self.heads = {"multilabel": len(CLASSES)}
         self.steps_per_epoch = len(self.sampler)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.total_steps = own.epochs * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -52,6 +52,8 @@ class SupervisedStrategy(MultilabelScoring):
         return losses.multilabel_bce(logits.float(), batch["y"]), {}
 
 
-def build(cfg: TrainConfig, data: Dataset, ctx: Context) -> SupervisedStrategy:
+def build(
+    cfg: TrainConfig, own: SupervisedConfig, data: Dataset, ctx: RunContext
+) -> SupervisedStrategy:
     """Return the supervised strategy for this run."""
-    return SupervisedStrategy(cfg, data, ctx)
+    return SupervisedStrategy(cfg, own, data, ctx)

@@ -1,9 +1,9 @@
 """Studies: a spec (``spec.py``) resolved under a profile, run as Ray Tune trials logged to MLflow.
 
-``main(SPEC, __file__)`` is what every ``studies/*.py`` calls; the rest is importable for tests.
+Every ``studies/*.py`` builds a ``StudySpec`` from here and hands it to
+``uslearn.study_cli.main``, which runs it and then writes its analysis report.
 """
 
-from uslearn.study.cli import main
 from uslearn.study.resources import Resources
 from uslearn.study.spec import (
     PROFILES,
@@ -24,7 +24,6 @@ __all__ = [
     "Search",
     "StudySpec",
     "Uniform",
-    "main",
     "make_plan",
     "validate",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from uslearn.strategies.registry import ENTRIES
 from uslearn.study.resources import (
     STARTUP_S,
     concurrency,
@@ -18,7 +19,7 @@ from uslearn.study.resources import (
     images_per_trial,
     trial_throughput,
 )
-from uslearn.study.spec import Plan
+from uslearn.study.spec import Plan, swept_keys
 
 
 def _short(value: Any, width: int = 40) -> Any:
@@ -41,9 +42,16 @@ def trial_table(plan: Plan) -> pd.DataFrame:
     for cell in plan.cells:
         row: dict[str, Any] = {"cell": cell.name}
         row.update({k: _short(cell.overrides.get(k, plan.base.get(k, ""))) for k in swept})
+        row["length"] = _length(plan.trial_config({"cell": cell.name, "seed": plan.seeds[0]}))
         row["seeds"] = ",".join(map(str, plan.seeds))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _length(config: Mapping[str, Any]) -> str:
+    """Return a trial's run length with its unit, e.g. ``3 epochs``."""
+    strategy = ENTRIES.get(config.get("strategy"))
+    return f"{strategy.length(config)} {strategy.unit}" if strategy else "?"
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -102,16 +110,21 @@ def describe(
             f"no pruner, ranked by {spec.metric} ({spec.mode})"
         )
     lines += ["", trial_table(plan).to_string(index=False), ""]
-    shared = ", ".join(f"{k}={v}" for k, v in sorted(plan.base.items()))
+    if plan.is_search:
+        lines.append(f"length: {_length(plan.trial_config({}))} per trial")
+    # A value that the grid, the search or an arm sets per trial is not shared: never print it.
+    swept = swept_keys(plan.spec)
+    shared = ", ".join(f"{k}={v}" for k, v in sorted(plan.base.items()) if k not in swept)
     lines.append(f"shared config: {shared}")
     where = (
         "a Ray Train TorchTrainer per trial (DDP)"
         if res.mode == "train"
         else "the Tune trial process (no worker group to start)"
     )
+    placed = f", placement {res.placement}" if res.workers > 1 else ""
     lines.append(
         f"per trial: {res.workers} worker(s) x ({res.cpus_per_worker:g} CPU, "
-        f"{res.gpus_per_worker:g} GPU), run in {where}"
+        f"{res.gpus_per_worker:g} GPU){placed}, run in {where}"
     )
     have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
     lines.append(f"cluster: {have} -> {parallel} trial(s) at a time")

@@ -29,7 +29,6 @@ from uslearn.study.trial import TrialContext, trial_name, tune_trial
 log = get_logger(__name__)
 STATE_FILE = "study.json"  # in the Tune experiment folder: what --resume needs to continue
 DRIVER_RESOURCE = "TRAIN_DRIVER"  # custom resource the per-trial Train driver asks for
-CRASH_ENV = "USLEARN_STUDY_CRASH_ONCE"  # test hook: see TrialContext.crash_once
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,8 @@ class Invocation:
         resume: continue the experiment in ``exp_dir`` instead of starting it.
         max_concurrent: ``--max-concurrent`` (None = what fits).
         options: the plan-shaping flags, saved so that ``--resume`` rebuilds the same plan.
+        command: the command line that started (or resumed) the study, for the parent run's
+            description.
     """
 
     exp_dir: Path
@@ -55,6 +56,7 @@ class Invocation:
     resume: bool
     max_concurrent: int | None
     options: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
 
 
 def new_exp_dir(storage: Path, study: str, profile: str) -> Path:
@@ -83,7 +85,7 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
     """Connect to Ray (``address``, ``$RAY_ADDRESS`` or a new local Ray); return its resources.
 
     A local Ray gets the custom ``TRAIN_DRIVER`` resource that GPU/DDP trials' driver functions
-    ask for, so the CPUs and GPUs stay for the Train workers (RAY_NOTES.md).
+    ask for, so the CPUs and GPUs stay for the Train workers (docs/RAY_MLFLOW.md).
 
     Raises:
         UserError: a cluster without ``TRAIN_DRIVER`` when trials need Ray Train.
@@ -97,7 +99,13 @@ def connect(address: str | None, mode: str) -> dict[str, float]:
         else:
             # The dashboard (ray[default]) is what frees the Train workers of a trial stopped
             # early; in-process trials have none, so skip its start-up time and memory.
-            ray.init(resources={DRIVER_RESOURCE: 1}, include_dashboard=mode == "train")
+            # address="local": a new Ray, as documented; without it ray.init joins any Ray
+            # already running on this machine (someone else's, without TRAIN_DRIVER).
+            ray.init(
+                address="local",
+                resources={DRIVER_RESOURCE: 1},
+                include_dashboard=mode == "train",
+            )
     resources = dict(ray.cluster_resources())
     if mode == "train" and resources.get(DRIVER_RESOURCE, 0) <= 0:
         raise UserError(
@@ -198,16 +206,22 @@ def _search_config(plan: Plan, parallel: int, name_fn):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from uslearn.strategies.registry import UNITS, entry
+
     spec, search = plan.spec, plan.spec.search
     # TPE learns from finished trials: too many at once and it degenerates to random search.
     searcher = ConcurrencyLimiter(OptunaSearch(seed=plan.seeds[0]), max_concurrent=parallel)
     scheduler = None
     if search.asha:
-        evaluations = int(plan.base.get("epochs", 100)) + 1  # one report per epoch + final
+        # Time runs in the strategy's own unit (epochs or steps), read from the metric the loop
+        # reports at every evaluation. max_t lies past the run's length so that ASHA never stops
+        # a trial at its last evaluation, before its test metrics.
+        strategy = entry(plan.trial_config({})["strategy"])
+        length = strategy.length(plan.trial_config({}))
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=evaluations,
-            grace_period=min(search.grace_period, evaluations),
+            time_attr=UNITS[strategy.unit],
+            max_t=length + 1,
+            grace_period=min(search.grace_period, length),
         )
     return tune.TuneConfig(
         metric=spec.metric,
@@ -242,6 +256,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
     if inv.resume:
         parent = json.loads(state_path.read_text())["parent_run_id"]
         tracking.reopen(inv.tracking_uri, parent)
+        tracking.describe(inv.tracking_uri, parent, description(plan, inv))
     else:
         params = {
             "title": spec.title,
@@ -257,6 +272,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
             "notes": " | ".join(spec.notes) or "none",
         }
         parent = tracking.start_parent(inv.tracking_uri, exp_id, spec.name, tags, params)
+        tracking.describe(inv.tracking_uri, parent, description(plan, inv))
         inv.exp_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "study": spec.name,
@@ -280,7 +296,6 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         out_root=str(inv.exp_dir / "outputs"),
         train_storage=str(inv.exp_dir / "train"),
         tags=tags,
-        crash_once=os.environ.get(CRASH_ENV) or None,
     )
     log.info(
         "study %s: %d trials, %d at a time, parent MLflow run %s",
@@ -293,11 +308,48 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
     try:
         grid = build_tuner(plan, ctx, inv, parallel).fit()
         frame = results_frame(plan, grid)
+        tracking.log_summary(inv.tracking_uri, parent, summary_metrics(frame))
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
     finally:
         tracking.finish(inv.tracking_uri, parent, status)
     frame.to_csv(inv.exp_dir / "results.csv", index=False)
     return frame
+
+
+def description(plan: Plan, inv: Invocation) -> str:
+    """Return the parent run's description (markdown): the study's title, command and notes."""
+    lines = [f"**{plan.spec.title}**", ""]
+    if inv.command:
+        verb = "resumed with" if inv.resume else "command"
+        lines += [f"{verb}: `{inv.command}`", ""]
+    lines.append(f"profile {plan.profile.name}: {plan.profile.reduces}")
+    lines += [f"note: {n}" for n in plan.spec.notes]
+    return "\n".join(lines)
+
+
+def summary_metrics(frame: pd.DataFrame, metric: str = "test/f1_weighted") -> dict[str, float]:
+    """Return the parent run's per-cell summary: finished seeds, mean and 95 % CI of ``metric``.
+
+    Keys are ``summary/<cell>/test_f1_{n,mean,ci95_low,ci95_high}`` with the cell made a valid
+    MLflow key (``pica lam=0.5`` → ``pica_lam_0.5``); the interval is Student t over the
+    seeds, and a cell with one finished seed has no interval.
+    """
+    from uslearn.metrics import confidence_interval
+
+    name = metric.removeprefix("test/").replace("_weighted", "").replace("/", "_")
+    out: dict[str, float] = {}
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    for cell, group in ok.groupby("cell", sort=False):
+        values = group[metric].dropna().to_numpy(dtype=float)
+        prefix = f"summary/{tracking.metric_key(str(cell))}/test_{name}"
+        out[f"{prefix}_n"] = float(len(values))
+        if len(values) == 0:
+            continue
+        mean, low, high = confidence_interval(values, level=0.95, method="t")
+        out[f"{prefix}_mean"] = mean
+        if len(values) >= 2:
+            out[f"{prefix}_ci95_low"], out[f"{prefix}_ci95_high"] = low, high
+    return out
 
 
 def results_frame(plan: Plan, grid) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from uslearn.study.spec import Plan
 
 log = get_logger(__name__)
 SMOKE_PRESET = "tiny"
+SMOKE_LENGTHS = {"epochs": 1, "steps": 2}
 
 
 def absolute_uri(uri: str) -> str:
@@ -52,13 +53,24 @@ def choose_profile(args: argparse.Namespace, state: dict[str, Any]) -> tuple[str
 
 def smoke(plan: Plan) -> Plan:
     """Return ``plan`` cut to one trial of its first cell on the tiny phantom, a few steps."""
+    from uslearn.strategies.registry import UNITS
+
     spec = plan.spec
     if spec.search is not None:
         spec = replace(spec, search=replace(spec.search, num_samples={"default": 1}, asha=False))
-    base = {**plan.base, "epochs": 1, "steps": 2, "eval_every": 2, "image_size": 32}
+    # The smoke test's length wins over any other (the study's, the command line's).
+    base = {k: v for k, v in plan.base.items() if k not in UNITS}
+    overrides = {k: v for k, v in plan.overrides.items() if k not in UNITS}
     profile = replace(plan.profile, dataset=SMOKE_PRESET, reduces="smoke test: 1 trial, 1 epoch")
     return replace(
-        plan, spec=spec, profile=profile, base=base, cells=plan.cells[:1], seeds=plan.seeds[:1]
+        plan,
+        spec=spec,
+        profile=profile,
+        base={**base, "eval_every": 2, "image_size": 32},
+        overrides=overrides,
+        lengths=SMOKE_LENGTHS,
+        cells=plan.cells[:1],
+        seeds=plan.seeds[:1],
     )
 
 
@@ -105,7 +117,7 @@ def ensure_dataset(path: Path, plan: Plan, smoke_test: bool):
         raise UserError(
             f"{path}: not a dataset directory (no meta.json); see 'uslearn data --help'"
         )
-    from uslearn.data.phantom import ensure_phantom
+    from uslearn.phantom import ensure_phantom
 
     print(
         f"generating the '{plan.profile.dataset}' phantom dataset in {path} (once)...", flush=True
@@ -113,16 +125,17 @@ def ensure_dataset(path: Path, plan: Plan, smoke_test: bool):
     return ensure_phantom(path, preset=plan.profile.dataset, seed=0)
 
 
-def split_counts(path: Path) -> tuple[dict[str, int] | None, float]:
+def dataset_counts(path: Path) -> tuple[dict[str, int] | None, float]:
     """Return (images per split, mean images per exam) of the dataset at ``path`` if it exists."""
     if not (path / "meta.json").is_file():
         return None, 0.0
     from uslearn.data.dataset import Dataset
+    from uslearn.data.splits import split_counts
 
     manifest = Dataset.open(path).manifest
-    counts = manifest["split"].value_counts().to_dict()
+    table = split_counts(manifest)
     per_exam = len(manifest) / max(1, manifest["exam_id"].nunique())
-    return {k: int(v) for k, v in counts.items()}, per_exam
+    return {split: int(n) for split, n in table["images"].items()}, per_exam
 
 
 def cluster_resources(address: str | None) -> dict[str, float]:
@@ -138,38 +151,15 @@ def cluster_resources(address: str | None) -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def _report(plan: Plan, inv, parent_run_id: str) -> list[str]:
-    """Write the analysis report of this invocation; return the lines naming its files."""
-    from analysis.report import build_report
-
-    out = inv.exp_dir / "report"
-    try:
-        report = build_report(
-            plan.spec.name,
-            out,
-            inv.tracking_uri,
-            invocation=parent_run_id,
-            dataset=inv.data_path,
-        )
-    except UserError as err:
-        return [f"report: not written ({err})"]
-    lines = [f"report: {report.html}"]
-    for section in report.sections:
-        figures = [str(p) for p in section.files if p.suffix == ".png"]
-        if figures:
-            lines.append(f"  {section.title}: {', '.join(figures)}")
-    lines += [f"  note: {n}" for n in report.notes]
-    return lines
-
-
-def footer(plan: Plan, inv, frame: pd.DataFrame, report: bool = True) -> str:
+def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
     """Return the end-of-study text: best/mean per cell, failures, where runs and figures are."""
     import json
 
     from uslearn.study.runner import STATE_FILE, summarise
     from uslearn.study.tracking import ui_hint
 
-    parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
+    state = json.loads((inv.exp_dir / STATE_FILE).read_text())
+    parent = state["parent_run_id"]
     metric = plan.spec.metric
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         if plan.is_search:
@@ -188,8 +178,6 @@ def footer(plan: Plan, inv, frame: pd.DataFrame, report: bool = True) -> str:
     lines.append(
         f"MLflow: parent run {parent}, experiment '{plan.spec.name}' at {inv.tracking_uri}"
     )
-    lines.append(f"  view: {ui_hint(inv.tracking_uri)}")
+    lines.append(f"  runs table: {ui_hint(inv.tracking_uri, state.get('experiment_id'))}")
     lines.append(f"trials: {inv.exp_dir / 'results.csv'} (outputs in {inv.exp_dir / 'outputs'})")
-    if report:
-        lines += _report(plan, inv, parent)
     return "\n".join(lines)

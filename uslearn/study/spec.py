@@ -1,7 +1,7 @@
 """What a study is: a fixed config, the swept dimensions, the seeds, the metric, and a profile.
 
 A study is a record (STYLE §3): ``studies/<question>.py`` builds one ``StudySpec`` and hands it
-to ``uslearn.study.main``. ``make_plan`` resolves a spec under a profile into the exact trials
+to ``uslearn.study_cli.main``. ``make_plan`` resolves a spec under a profile into the exact trials
 (grids) or the search space (searches) and checks every key against the strategy's config
 dataclasses before anything is launched (STYLE §1.4). Nothing here imports Ray or torch.
 """
@@ -11,22 +11,25 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from uslearn.config import ConfigError
+from uslearn.strategies.registry import ENTRIES
 from uslearn.study.resources import Resources
 
 
 @dataclass(frozen=True)
 class Profile:
-    """How big a study runs: image size, epochs/steps, dataset, seeds and trial resources.
+    """How big a study runs: image size, run length, dataset, seeds and trial resources.
 
     Attributes:
         name: ``cpu-demo``, ``gpu`` or ``paper``.
         dataset: phantom preset generated under ``uslearn.paths.data_dir()`` when no
             ``--data`` is given.
         overrides: ``TrainConfig`` fields set for every trial (they exist for every strategy).
+        lengths: a run's length per unit (``epochs``, ``steps``): each trial gets the one of
+            its strategy's unit.
         max_seeds: keep only the first seeds of a study (None = all of them).
         resources: what one trial asks Ray for.
         reduces: one sentence saying what this profile changes from the paper's protocol.
@@ -35,6 +38,7 @@ class Profile:
     name: str
     dataset: str
     overrides: Mapping[str, Any]
+    lengths: Mapping[str, int]
     max_seeds: int | None
     resources: Resources
     reduces: str
@@ -45,11 +49,12 @@ PROFILES: dict[str, Profile] = {
         name="cpu-demo",
         dataset="demo",
         # 32 px and a handful of epochs so that 20 trials finish in minutes on 2 CPU cores.
-        overrides={"image_size": 32, "epochs": 3, "steps": 60, "eval_every": 0},
+        overrides={"image_size": 32, "eval_every": 0},
+        lengths={"epochs": 3, "steps": 60},
         max_seeds=2,
         resources=Resources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0),
         reduces=(
-            "demo phantom, 32 px images, 3 epochs (clustering/supervised) or 60 steps (FixMatch), "
+            "demo phantom, 32 px images, 3 epochs or 60 steps (by the strategy's unit), "
             "2 seeds, 1 CPU per trial"
         ),
     ),
@@ -57,9 +62,10 @@ PROFILES: dict[str, Profile] = {
         name="gpu",
         dataset="demo",
         # 128 px keeps the organs' texture while a trial runs ~3x faster than at 224 px.
-        overrides={"image_size": 128, "epochs": 30, "steps": 1500},
+        overrides={"image_size": 128},
+        lengths={"epochs": 30, "steps": 1500},
         max_seeds=None,
-        # Two trials per GPU: packing gains ~1.46x aggregate, more loses (GPU_NOTES.md).
+        # Two trials per GPU: packing gains ~1.46x aggregate, more loses (docs/GPU.md).
         resources=Resources(workers=1, gpus_per_worker=0.5, cpus_per_worker=4.0),
         reduces="128 px images, 30 epochs or 1 500 steps, two trials packed per GPU",
     ),
@@ -67,7 +73,8 @@ PROFILES: dict[str, Profile] = {
         name="paper",
         dataset="demo",
         # Sec. 3.2: 224 px ResNet18, 100 epochs (clustering), 5 000 steps (FixMatch).
-        overrides={"image_size": 224, "epochs": 100, "steps": 5000},
+        overrides={"image_size": 224},
+        lengths={"epochs": 100, "steps": 5000},
         max_seeds=None,
         resources=Resources(workers=1, gpus_per_worker=1.0, cpus_per_worker=8.0),
         reduces="nothing: the paper's protocol (pass --data with your dataset)",
@@ -121,7 +128,8 @@ class Search:
         space: config key -> distribution.
         num_samples: trials per profile name (``default`` for profiles not listed).
         asha: stop unpromising trials early (searches only; never for ablation grids).
-        grace_period: evaluations every trial gets before ASHA may stop it.
+        grace_period: how long every trial runs before ASHA may stop it, in its strategy's
+            unit (epochs or steps).
     """
 
     space: Mapping[str, Distribution]
@@ -153,7 +161,6 @@ class StudySpec:
         metric: what Tune ranks trials by (validation, never test: thresholds and model
             selection must not see the test set).
         mode: ``max`` or ``min``.
-        profile_overrides: profile name -> config values that override that profile's.
         resources: profile name -> per-trial resources replacing the profile's.
         max_failures: retries of a trial whose process dies (from its last checkpoint).
         notes: lines printed before the study starts (e.g. an arm that was skipped).
@@ -168,7 +175,6 @@ class StudySpec:
     search: Search | None = None
     metric: str = "val/f1_weighted"
     mode: str = "max"
-    profile_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     resources: Mapping[str, Resources] = field(default_factory=dict)
     max_failures: int = 2
     notes: tuple[str, ...] = ()
@@ -206,7 +212,8 @@ class Plan:
 
     ``base`` holds every value common to all trials; a grid trial's Tune config is
     ``{"cell": name, "seed": s}`` and a search trial's is its sampled values. ``trial_config``
-    turns either back into the full flat config the strategy receives.
+    turns either back into the full flat config the strategy receives, with the run length of
+    its strategy's unit (``lengths``, the profile's) unless the command line or the cell sets it.
     """
 
     spec: StudySpec
@@ -215,6 +222,8 @@ class Plan:
     base: Mapping[str, Any]
     cells: tuple[Cell, ...]
     seeds: tuple[int, ...]
+    lengths: Mapping[str, int]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_search(self) -> bool:
@@ -225,9 +234,16 @@ class Plan:
         """Return the flat strategy config of the Tune trial whose config is ``tune_config``."""
         tune_config = dict(tune_config)
         if self.is_search:
-            return {**self.base, **self.cells[0].overrides, **tune_config}
-        cell = {c.name: c for c in self.cells}[tune_config.pop("cell")]
-        return {**self.base, **cell.overrides, **tune_config}
+            cell = self.cells[0]
+        else:
+            cell = {c.name: c for c in self.cells}[tune_config.pop("cell")]
+        config = {**self.base, **cell.overrides, **tune_config}
+        strategy = ENTRIES.get(config.get("strategy"))  # an unknown one fails in ``validate``
+        # The profile's length ranks above spec.fixed and below the command line and the cell.
+        given = {*self.overrides, *cell.overrides, *tune_config}
+        if strategy is not None and strategy.unit not in given:
+            config[strategy.unit] = self.lengths[strategy.unit]
+        return config
 
     def grid_trials(self) -> list[tuple[Cell, int, dict[str, Any]]]:
         """Return (cell, seed, flat config) of every trial of a grid, cells outermost."""
@@ -277,12 +293,14 @@ def make_plan(
 ) -> Plan:
     """Return the plan of ``spec`` under ``profile`` (not yet validated: see ``validate``).
 
-    Precedence, lowest first: ``spec.fixed``, the profile's overrides, the study's overrides
-    for that profile, ``overrides`` (command line), then each cell's values and the seed.
-    ``device`` and ``workers`` follow the trial resources.
+    Precedence, lowest first: ``spec.fixed``, the profile's overrides and run length,
+    ``overrides`` (command line), then each cell's values and the seed. ``device`` and
+    ``workers`` follow the trial resources. So an override of a key that the grid, the
+    search or an arm sets (or of ``seed``, ``device``, ``workers``) would be ignored: it is
+    refused instead.
 
     Raises:
-        ConfigError: unknown profile or a seed count below 1.
+        ConfigError: unknown profile, a seed count below 1, or such an override.
     """
     if profile not in PROFILES:
         raise ConfigError(f"profile '{profile}': expected one of {list(PROFILES)}")
@@ -292,16 +310,44 @@ def make_plan(
     if keep is not None and keep < 1:
         raise ConfigError(f"--seeds {keep}: expected >= 1")
     seeds = tuple(spec.seeds[:keep] if keep is not None else spec.seeds)
-    base = {
-        **spec.fixed,
-        **prof.overrides,
-        **spec.profile_overrides.get(profile, {}),
-        **(overrides or {}),
-    }
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        _refuse_overridden(spec, key, value)
+    base = {**spec.fixed, **prof.overrides, **overrides}
     if spec.search is not None:
         base["seed"] = seeds[0]  # a search compares configurations, not seeds
         seeds = seeds[:1]
-    return Plan(spec, prof, res, _follow(base, res), make_cells(spec), seeds)
+    cells = make_cells(spec)
+    return Plan(spec, prof, res, _follow(base, res), cells, seeds, prof.lengths, overrides)
+
+
+def swept_keys(spec: StudySpec) -> dict[str, str]:
+    """Return key -> what sets it per trial (grid, search or arms): values no --set may change."""
+    found = {key: f"sweeps it over its grid {list(values)}" for key, values in spec.grid.items()}
+    if spec.search is not None:
+        found.update({k: f"searches it over {d!r}" for k, d in spec.search.space.items()})
+    for name, arm in spec.arms.items():
+        for key, value in arm.items():
+            found.setdefault(key, f"sets it in its arm '{name}' ({key}={value!r})")
+    return found
+
+
+def _refuse_overridden(spec: StudySpec, key: str, value: Any) -> None:
+    """Raise ConfigError for a ``--set`` that a trial's own values would silently override."""
+    given = f"--set {key}={value!r}"
+    swept = swept_keys(spec).get(key)
+    if swept is not None:
+        raise ConfigError(
+            f"{given}: study '{spec.name}' {swept}, which wins over --set; change the values "
+            "in the study file (or a copy of it) instead"
+        )
+    if key == "seed":
+        raise ConfigError(f"{given}: a study runs its seeds {list(spec.seeds)}; use --seeds N")
+    if key in ("workers", "device"):
+        raise ConfigError(
+            f"{given}: a study sets workers and device from the trial resources; use "
+            "--workers-per-trial and --num-gpus-per-trial"
+        )
 
 
 def _follow(base: Mapping[str, Any], res: Resources) -> dict[str, Any]:
@@ -315,11 +361,6 @@ def _follow(base: Mapping[str, Any], res: Resources) -> dict[str, Any]:
     return {**base, "workers": res.workers, "device": device}
 
 
-def with_resources(plan: Plan, resources: Resources) -> Plan:
-    """Return ``plan`` with other per-trial resources (``workers``/``device`` follow)."""
-    return replace(plan, resources=resources, base=_follow(plan.base, resources))
-
-
 def validate(plan: Plan) -> None:
     """Check every trial config against its strategy's config dataclasses; return None.
 
@@ -329,17 +370,13 @@ def validate(plan: Plan) -> None:
     Raises:
         ConfigError: naming the study, the cell and the key or value that was rejected.
     """
-    from uslearn.config import split_flat
-    from uslearn.strategies import STRATEGY_NAMES, config_classes
+    from uslearn.strategies.registry import parse_config
 
     def check(where: str, config: Mapping[str, Any]) -> None:
-        strategy = config.get("strategy")
-        if strategy not in STRATEGY_NAMES:
-            raise ConfigError(
-                f"{where}: strategy={strategy!r}; expected one of {list(STRATEGY_NAMES)}"
-            )
+        if "strategy" not in config:
+            raise ConfigError(f"{where}: no strategy given (set it in fixed or in the arms)")
         try:
-            split_flat(dict(config), *config_classes(strategy))
+            parse_config(config)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
 

@@ -1,10 +1,10 @@
 """One trial: the Tune function that runs one strategy and logs it as an MLflow child run.
 
-Three layers, as Ray Train V2 wants them (RAY_NOTES.md): ``tune_trial`` is the Tune trainable.
+Three layers, as Ray Train V2 wants them (docs/RAY_MLFLOW.md): ``tune_trial`` is the Tune trainable.
 A single-worker CPU trial runs the strategy right there (no worker group to start); a GPU or
 DDP trial builds a ``TorchTrainer`` whose workers run ``train_worker``, named after the Tune
 trial id so that a retried trial finds its own Train run and checkpoints again. In both cases
-``run_logged`` calls ``uslearn.strategies.run`` and only rank 0 talks to MLflow.
+``run_logged`` runs the strategy through ``tracking.tracked_run`` and only rank 0 talks to MLflow.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uslearn.log import get_logger
 from uslearn.study.spec import Plan
 
+if TYPE_CHECKING:  # the loop imports torch; the study driver process never needs it
+    from uslearn.strategies.loop import OnEvaluation
+
 log = get_logger(__name__)
-Report = Callable[[dict[str, float], "str | None"], None]
+DDP_BACKEND_ENV = "USLEARN_DDP_BACKEND"  # read by the trial's driver on the head node
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,6 @@ class TrialContext:
         out_root: trial output folders go under it (``<out_root>/<trial name>``).
         train_storage: storage path of the Ray Train runs of GPU/DDP trials.
         tags: tags every child run gets (``study``, ``git_sha``, ``study_file``, ``profile``).
-        crash_once: test hook: a marker path; the first trial to report a checkpoint while it
-            does not exist creates it and kills its own process (to test ``max_failures``).
     """
 
     plan: Plan
@@ -51,7 +52,6 @@ class TrialContext:
     out_root: str
     train_storage: str
     tags: Mapping[str, str]
-    crash_once: str | None = None
 
 
 def trial_name(plan: Plan, tune_config: Mapping[str, Any], trial_id: str) -> str:
@@ -67,17 +67,6 @@ def run_name(plan: Plan, tune_config: Mapping[str, Any], trial_id: str) -> str:
     if "cell" in tune_config:
         return f"{tune_config['cell']} seed={tune_config['seed']}"
     return f"{plan.spec.name} {trial_id}"
-
-
-def mlflow_params(ctx: TrialContext, flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the child run's params: the full resolved config plus init_kind, data, profile."""
-    from uslearn.strategies import resolved_config
-
-    return {
-        **resolved_config(dict(flat)),
-        "dataset_fingerprint": ctx.fingerprint,
-        "profile": ctx.plan.profile.name,
-    }
 
 
 def for_tune(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -115,26 +104,14 @@ def follow_pointer(resume_dir: str | None) -> str | None:
     return json.loads((Path(resume_dir) / POINTER).read_text())["checkpoint_dir"]
 
 
-def _maybe_crash(ctx: TrialContext, checkpoint_dir: str | None) -> None:
-    """Kill this process once per study if the crash hook is armed (tests only)."""
-    if ctx.crash_once is None or checkpoint_dir is None:
-        return
-    try:
-        fd = os.open(ctx.crash_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    log.warning("crash hook: killing trial process %d after its first checkpoint", os.getpid())
-    os._exit(17)
-
-
 def run_logged(
     ctx: TrialContext,
     tune_config: Mapping[str, Any],
     trial_id: str,
-    report: Report,
+    report: OnEvaluation,
     resume_dir: str | None,
     rank: int = 0,
+    node_tags: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Run one strategy to the end, logging to the child run on rank 0; return final metrics.
 
@@ -145,10 +122,10 @@ def run_logged(
         report: forwards ``(metrics, checkpoint_dir)`` to Tune or Train.
         resume_dir: directory of the restored checkpoint, or None for a fresh start.
         rank: DDP rank of this process (0 for in-process trials).
+        node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
-    from uslearn.inference.tracking import log_trial_model
-    from uslearn.strategies import run
-    from uslearn.study.tracking import ChildRun, finished_metrics
+    from uslearn.data.staging import staged_dataset
+    from uslearn.study.tracking import TrackedRun, finished_metrics, run_params, tracked_run
 
     flat = ctx.plan.trial_config(tune_config)
     out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
@@ -158,51 +135,33 @@ def run_logged(
         log.info("trial %s finished before the study was interrupted; not run again", trial_id)
         report(for_tune(done), None)
         return done
+    # A node-local copy of the image store when $USLEARN_STAGE_DIR asks for one (before the
+    # child run opens: a trial that cannot stage fails without a run left RUNNING).
+    data_path = staged_dataset(ctx.data_path, ctx.fingerprint)
     child = None
     if rank == 0:
         cell = tune_config.get("cell", ctx.plan.cells[0].name)
         tags = {**ctx.tags, "cell": cell, "dataset_fingerprint": ctx.fingerprint}
-        child = ChildRun(
+        child = TrackedRun(
             ctx.tracking_uri,
             ctx.experiment_id,
-            ctx.parent_run_id,
-            trial_id,
             run_name(ctx.plan, tune_config, trial_id),
             tags,
+            parent_id=ctx.parent_run_id,
+            trial_id=trial_id,
         )
-        child.log_params(mlflow_params(ctx, flat))
-        child.set_tags({"out_dir": str(out_dir)})
+        child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name))
+        child.set_tags({"out_dir": str(out_dir), **(node_tags or {})})
+        if resume_dir is not None:
+            # A retried trial (its process or node died) or a resumed study: say from where.
+            child.set_tags({"resumed_from": str(follow_pointer(resume_dir))})
 
     def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        if child is not None:
-            child.log_metrics(metrics)
         report(for_tune(metrics), pointer_checkpoint(checkpoint_dir) if checkpoint_dir else None)
-        _maybe_crash(ctx, checkpoint_dir)
 
-    try:
-        final = run(
-            flat,
-            ctx.data_path,
-            report=on_evaluation,
-            out_dir=out_dir,
-            resume_from=follow_pointer(resume_dir),
-        )
-    except SystemExit:
-        # Tune stops a trial (ASHA, a stop criterion) by exiting its thread at a report.
-        if child is not None:
-            child.set_tags({"stopped_early": "by the Tune scheduler"})
-            child.finish("KILLED")
-        raise
-    except BaseException:
-        if child is not None:
-            child.finish("FAILED")
-        raise
-    # MLflow first: a scheduler may stop the trial at the report below.
+    # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
+    final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
     if child is not None:
-        child.log_metrics(final, final=True)
-        child.log_artifacts(out_dir)
-        log_trial_model(ctx.tracking_uri, child.run_id, out_dir, ctx.data_path)
-        child.finish("FINISHED")
         # A finished trial is never resumed, and its weights are now an MLflow artifact:
         # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
         shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
@@ -216,6 +175,7 @@ def run_logged(
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune trainable: run the trial in this process or through a TorchTrainer."""
+    import ray
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -228,8 +188,27 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report(metrics, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
+    node = {"node_id/rank0": ray.get_runtime_context().get_node_id()}
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run_logged(ctx, config, trial_id, report, resume_dir)
+        run_logged(ctx, config, trial_id, report, resume_dir, node_tags=node)
+
+
+def worker_node_tags(rank: int) -> dict[str, str]:
+    """Return ``{"node_id/rank<r>": <Ray node id>}`` for every rank of this Train worker group.
+
+    A collective over the trial's process group: every rank must call it.
+    """
+    import ray
+    import torch.distributed as dist
+
+    own = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return {f"node_id/rank{rank}": own}
+    every: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, own)
+    tags = {f"node_id/rank{r}": str(node) for r, node in enumerate(every)}
+    tags["worker_nodes"] = str(len(set(every)))
+    return tags
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -241,6 +220,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     rank = ray.train.get_context().get_world_rank()
+    nodes = worker_node_tags(rank)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         run_logged(
@@ -250,13 +230,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             report,
             resume_dir,
             rank=rank,
+            node_tags=nodes,
         )
 
 
 def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> None:
     """Run the trial as a Ray Train job named after the trial id (so a retry resumes it)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = ctx.plan.resources
@@ -270,7 +251,11 @@ def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> No
             num_workers=res.workers,
             use_gpu=res.gpus_per_worker > 0,
             resources_per_worker=per_worker,
+            placement_strategy=res.placement,
         ),
+        # None: NCCL with GPUs, gloo without. A cluster whose GPUs are scheduling resources
+        # only (the local rehearsal's fake GPUs have no CUDA) sets USLEARN_DDP_BACKEND=gloo.
+        torch_config=TorchConfig(backend=os.environ.get(DDP_BACKEND_ENV) or None),
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=ctx.train_storage,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from uslearn.data.dataset import CLASSES
-from uslearn.data.phantom_anatomy import ORGANS
+from uslearn.data import CLASSES
+from uslearn.phantom.anatomy import ORGANS
 
 # An organ is tagged when at least this fraction of the sector shows it, unshadowed
 # (about 3 cm² of a 16 cm deep sector: a sliver an annotator would still recognise).

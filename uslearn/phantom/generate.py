@@ -1,6 +1,6 @@
 """Synthetic abdominal ultrasound phantom: exams of B-mode frames with known multi-labels.
 
-``generate_phantom`` writes a dataset directory (the DESIGN.md contract) of synthetic exams:
+``generate_phantom`` writes a dataset directory (docs/CONTRACTS.md) of synthetic exams:
 patients with a body habitus, scanners with their settings and overlays, standard views in
 protocol order, split by patient like the paper (labelled / unlabelled / val / test). Each
 frame's labels are measured on the rendered anatomy (an organ counts when enough of it is
@@ -14,7 +14,6 @@ one torch thread, so the store and manifest are byte-identical whatever ``worker
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import types
@@ -27,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uslearn.data.dataset import CLASSES, Dataset, DatasetError, DatasetWriter
-from uslearn.data.phantom_anatomy import ORGANS, pack_slots
-from uslearn.data.phantom_exams import (
+from uslearn.data import CLASSES, Dataset, DatasetError, DatasetWriter
+from uslearn.log import get_logger, progress
+from uslearn.phantom.anatomy import ORGANS, pack_slots
+from uslearn.phantom.exams import (
     VENDORS,
     Exam,
     P,
@@ -38,9 +38,9 @@ from uslearn.data.phantom_exams import (
     image_settings,
     plan_exams,
 )
-from uslearn.data.phantom_labels import add_label_noise, labels_from_visible
-from uslearn.data.phantom_views import VIEWS, ViewContext
-from uslearn.log import get_logger, progress
+from uslearn.phantom.labels import add_label_noise, labels_from_visible
+from uslearn.phantom.organs import ViewContext
+from uslearn.phantom.views import VIEWS
 
 log = get_logger(__name__)
 
@@ -121,7 +121,7 @@ def render_chunk(task: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     """Render one chunk of exams; return (first row, images (n, S, S) uint8, visible (n, 6))."""
     import torch
 
-    from uslearn.data.phantom_bmode import internal_size, render
+    from uslearn.phantom.bmode import internal_size, render
 
     chunk, start, exams, size, difficulty, seed = task
     slots, params, overlays = build_scenes(exams, difficulty)
@@ -338,46 +338,3 @@ def _phantom_meta(path: Path) -> dict | None:
         return json.loads((path / "meta.json").read_text()).get("phantom")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def register(data_sub: argparse._SubParsersAction) -> None:
-    """Add ``uslearn data phantom`` to the ``data`` command group."""
-    parser = data_sub.add_parser(
-        "phantom",
-        help="Generate the synthetic abdominal ultrasound phantom dataset.",
-        description="Write synthetic B-mode exams with known multi-labels, split by patient.",
-    )
-    parser.add_argument("--out", required=True, help="dataset directory to create")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    parser.add_argument("--exams", type=int, default=None, help="number of exams (preset's)")
-    parser.add_argument("--size", type=int, default=None, help="image side in pixels (preset's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", type=float, default=1.0, help="0 easy, 1 default, 2 hard")
-    parser.add_argument("--label-noise", type=float, default=0.0, help="share of noisy tags")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    path = generate_phantom(
-        args.out,
-        preset=args.preset,
-        exams=args.exams,
-        size=args.size,
-        seed=args.seed,
-        difficulty=args.difficulty,
-        label_noise=args.label_noise,
-        workers=args.workers,
-        overwrite=args.overwrite,
-    )
-    dataset = Dataset.open(path)
-    frame = dataset.manifest
-    labelled = frame[frame[list(CLASSES)].ge(0).all(axis=1)]
-    shares = labelled[list(CLASSES)].sum() / labelled[list(CLASSES)].to_numpy().sum()
-    print(f"{path}: {len(frame)} images, {frame['exam_id'].nunique()} exams")
-    print("exams per split: " + ", ".join(
-        f"{s} {n}" for s, n in frame.groupby("split")["exam_id"].nunique().items()
-    ))  # fmt: skip
-    print("label shares (labelled rows): " + ", ".join(f"{c} {shares[c]:.2f}" for c in CLASSES))
-    return 0

@@ -7,19 +7,15 @@ fast.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from uslearn.data.cli import add_salt, available_cores
 from uslearn.errors import UserError
 
 MODEL_HELP = (
     "the model: a 'uslearn train --out' directory, runs:/RUN_ID or models:/NAME/VERSION "
     "(MLflow URIs are looked up in --mlflow)"
 )
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
@@ -74,15 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--workers",
         type=int,
-        default=_cores(),
+        default=available_cores(),
         help="decoding processes for files (default: all available cores)",
     )
-    predict.add_argument("--salt", help="--dicom: pseudonymisation secret (default: $USLEARN_SALT)")
-    predict.add_argument(
-        "--insecure-default-salt",
-        action="store_true",
-        help="--dicom: the public default salt (test data only)",
-    )
+    # Files get the ids an import with this salt gives them: no path reaches the outputs.
+    add_salt(predict, "--images/--dicom: ")
     predict.add_argument(
         "--max-frames", type=int, default=0, help="--dicom: frames per cine loop (0 = all)"
     )
@@ -148,21 +140,21 @@ def _open_source(args: argparse.Namespace, package):
         data = Dataset.open(args.data)
         package.check_data(data)
         return sources.from_dataset(data, args.split, package.preprocess)
-    if args.images is not None:
-        return sources.from_images(args.images, package.preprocess)
     from uslearn.data.pseudonym import resolve_salt
 
     salt = resolve_salt(args.salt, args.insecure_default_salt)
+    if args.images is not None:
+        return sources.from_images(args.images, package.preprocess, salt)
     return sources.from_dicom(
         args.dicom, package.preprocess, salt, args.max_frames, max(1, args.workers)
     )
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from uslearn.data.ingest import write_rejected
+    from uslearn.data.ingest import show_skipped, write_rejected
     from uslearn.inference import output
     from uslearn.inference.score import rejection_summary, score_source
-    from uslearn.inference.tracking import open_model
+    from uslearn.study.logged_models import open_model
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: expected >= 1")
@@ -185,6 +177,7 @@ def _predict(args: argparse.Namespace) -> int:
     rejected = output.rejected_path(args.out)
     if scored.rejections:
         write_rejected(scored.rejections, rejected)
+        show_skipped(scored.rejections, rejected)  # paths on the terminal only
     if not scored.image:
         raise UserError(
             f"no image could be scored ({rejection_summary(scored.rejections)}; see {rejected})"
@@ -230,7 +223,7 @@ def _curate(args: argparse.Namespace) -> int:
     from uslearn.inference import curate, sources
     from uslearn.inference.output import RowView
     from uslearn.inference.score import score_source
-    from uslearn.inference.tracking import open_model
+    from uslearn.study.logged_models import open_model
 
     if args.per_sheet < 1 or args.rank < 1:
         raise UserError("--per-sheet and --rank: expected >= 1")
@@ -276,7 +269,7 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from uslearn.inference.tracking import register_run
+    from uslearn.study.logged_models import register_run
 
     version = register_run(_tracking_uri(args), args.run, args.name)
     print(f"registered run {args.run} as models:/{args.name}/{version.version}")

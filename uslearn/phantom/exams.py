@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uslearn.data.phantom_overlay import Layout
-from uslearn.data.phantom_views import VIEW_DEPTH
+from uslearn.phantom.overlay import Layout
+from uslearn.phantom.views import VIEW_DEPTH
 
 # Per-image scanner, patient and frame settings (one float each, in this order).
 PARAMS: tuple[str, ...] = (
@@ -50,8 +50,8 @@ P = {name: i for i, name in enumerate(PARAMS)}
 # Images per exam in the paper: 89 830 / 6 951.
 MEAN_IMAGES_PER_EXAM = 89_830 / 6_951
 PATIENTS_PER_EXAM = 5_788 / 6_951
-# Share of each view among all images, tuned (benchmarks/phantom.py --calibrate) so that the
-# labels measured on the rendered frames match the paper's test-set shares.
+# Share of each view among all images, tuned by hand so that the labels measured on the
+# rendered frames match the paper's test-set shares (tests/test_phantom.py checks them).
 TARGET_VIEWS: dict[str, float] = {
     "other": 0.247,
     "liver": 0.248,

@@ -1,8 +1,10 @@
 """The study command line: ``python studies/<name>.py [flags]`` or ``uslearn study <name> [flags]``.
 
 Every study script ends with ``sys.exit(main(SPEC, __file__))`` (or a builder function in place
-of ``SPEC`` when the spec depends on what exists, e.g. a deep-clustering checkpoint). Heavy
-imports (ray, torch, mlflow) stay inside functions so ``--help`` is instant.
+of ``SPEC`` when the spec depends on what exists, e.g. a deep-clustering checkpoint). It lives
+outside ``uslearn/study`` (as ``train_cli.py`` lives outside the strategies) because it runs a
+study and then its analysis report: the study room never imports the analysis. Heavy imports
+(ray, torch, mlflow) stay inside functions so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ import argparse
 import ast
 import importlib.util
 import json
+import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from uslearn.config import finite_float
+from uslearn.data.cli import add_verify_data
 from uslearn.errors import UserError
-from uslearn.study.resources import Resources
+from uslearn.study.resources import PLACEMENTS, Resources
 from uslearn.study.spec import PROFILES, StudySpec
 
 StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
-STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,14 +72,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-gpus-per-trial",
-        type=float,
+        type=finite_float,
         metavar="G",
         help="GPUs per trial (0.5 packs two trials per GPU)",
     )
     parser.add_argument(
         "--workers-per-trial", type=int, metavar="N", help="DDP workers per trial (Ray Train)"
     )
-    parser.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPU cores per worker")
+    parser.add_argument(
+        "--cpus-per-worker", type=finite_float, metavar="C", help="CPU cores per worker"
+    )
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        help="where a DDP trial's workers go: PACK (default, fewest nodes) or STRICT_SPREAD "
+        "(one node each), as Ray's placement strategies",
+    )
     parser.add_argument("--seeds", type=int, metavar="N", help="run only the first N seeds")
     parser.add_argument(
         "--set",
@@ -82,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value for every trial (repeatable)",
     )
+    add_verify_data(parser, "once, before Ray starts (trials do not hash it again)")
     parser.add_argument(
         "--dc-init",
         metavar="PATH",
@@ -113,13 +128,20 @@ def _scalar(text: str) -> int | float | bool | str:
 
 
 def parse_sets(items: list[str]) -> dict[str, int | float | bool | str]:
-    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types)."""
+    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types).
+
+    Raises:
+        UserError: an item without ``=``, or a value that reads as nan or infinity.
+    """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = _scalar(value.strip())
+        scalar = _scalar(value.strip())
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            raise UserError(f"--set {item.strip()}: expected a finite number")
+        out[key.strip()] = scalar
     return out
 
 
@@ -141,6 +163,8 @@ def main(study: StudyLike, study_file: str, argv: list[str] | None = None) -> in
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     configure(args.verbose)
+    given = sys.argv[1:] if argv is None else argv
+    args.invocation = shlex.join(["python", _relative(study_file), *given])
     try:
         return run(study, args, study_file)
     except UserError as err:
@@ -158,7 +182,10 @@ def _resources(base: Resources, args: argparse.Namespace) -> Resources:
     if args.num_gpus_per_trial is not None:
         gpus = args.num_gpus_per_trial / workers
     cpus = args.cpus_per_worker or base.cpus_per_worker
-    return Resources(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+    placement = getattr(args, "placement", None) or base.placement
+    return Resources(
+        workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus, placement=placement
+    )
 
 
 # Flags that shape the trials: a resumed run must rebuild exactly the plan it started with.
@@ -168,6 +195,7 @@ PLAN_OPTIONS = (
     "workers_per_trial",
     "num_gpus_per_trial",
     "cpus_per_worker",
+    "placement",
     "smoke_test",
 )
 
@@ -232,12 +260,20 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     data_path = session.data_path(args, state, plan)
     if args.dry_run:
         cluster = session.cluster_resources(args.address)
-        counts, per_exam = session.split_counts(data_path)
+        counts, per_exam = session.dataset_counts(data_path)
         print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
         return 0
     from uslearn.study.runner import Invocation, execute, new_exp_dir
+    from uslearn.study.tracking import probe
 
+    # Seconds, before Ray starts and before a phantom is generated (MLflow's own retries take
+    # minutes to give up on an unreachable server).
+    probe(args.tracking_uri)
     dataset = session.ensure_dataset(data_path, plan, args.smoke_test)
+    verify = getattr(args, "verify_data", "sample")
+    if verify != "none":
+        # Once, here: the trials open the dataset without hashing it, and log this fingerprint.
+        print(dataset.verify(verify))
     if state and state.get("fingerprint") != dataset.fingerprint:
         raise UserError(
             f"--resume: {data_path} changed since the study started (fingerprint "
@@ -252,16 +288,48 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         options=plan_options(args),
+        command=getattr(args, "invocation", ""),
     )
     frame = execute(plan, inv, args.address)
-    print(session.footer(plan, inv, frame, report=not args.no_report))
+    print(session.footer(plan, inv, frame))
     if args.register:
-        from uslearn.inference.tracking import register_best
-        from uslearn.study.runner import STATE_FILE
+        from uslearn.study.logged_models import register_best
 
-        parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
-        print(register_best(inv.tracking_uri, parent, args.register))
+        print(register_best(inv.tracking_uri, parent_run_id(inv), args.register))
+    if not args.no_report:
+        print("\n".join(report_lines(spec.name, inv)))
     return 0 if (frame["status"] == "ok").all() else 1
+
+
+def parent_run_id(inv) -> str:
+    """Return the MLflow parent run id of a study invocation (from its state file)."""
+    from uslearn.study.runner import STATE_FILE
+
+    return json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
+
+
+def report_lines(study: str, inv) -> list[str]:
+    """Write the analysis report of this invocation; return the lines naming its files."""
+    from analysis.report import build_report
+
+    parent = parent_run_id(inv)
+    try:
+        report = build_report(
+            study,
+            inv.exp_dir / "report",
+            inv.tracking_uri,
+            invocation=parent,
+            dataset=inv.data_path,
+        )
+    except UserError as err:
+        return [f"report: not written ({err})"]
+    lines = [f"report: {report.html}"]
+    for section in report.sections:
+        figures = [str(p) for p in section.files if p.suffix == ".png"]
+        if figures:
+            lines.append(f"  {section.title}: {', '.join(figures)}")
+    lines += [f"  note: {n}" for n in report.notes]
+    return lines
 
 
 def load_study(name: str) -> tuple[StudyLike, str]:
@@ -301,4 +369,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_command(args: argparse.Namespace) -> int:
     study, file = load_study(args.name)
+    args.invocation = shlex.join(["uslearn", *sys.argv[1:]])
     return run(study, args, file)

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uslearn.data.phantom_anatomy import ORGANS, tissue_maps
-from uslearn.data.phantom_exams import P
-from uslearn.data.phantom_overlay import Layout, overlay
+from uslearn.phantom.anatomy import ORGANS, tissue_maps
+from uslearn.phantom.exams import P
+from uslearn.phantom.overlay import Layout, overlay
 
 # Beyond this loss (dB) relative to average tissue a region counts as shadowed, i.e. unseen.
 SHADOW_DB = 20.0
@@ -177,7 +177,7 @@ def render(
     """Return B-mode frames of a batch of scenes.
 
     Args:
-        slots: (B, K, F) anatomy slots (``phantom_anatomy``).
+        slots: (B, K, F) anatomy slots (``anatomy``).
         params: (B, len(PARAMS)) settings.
         overlays: per frame, the vendor layout and the settings text lines.
         size: output side (pixels).
