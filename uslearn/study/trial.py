@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uslearn.log import get_logger
+from uslearn.study.memory import release_freed_memory
 from uslearn.study.spec import Plan
 
 if TYPE_CHECKING:  # the loop imports torch; the study driver process never needs it
@@ -179,8 +180,12 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report(metrics, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run_logged(ctx, config, trial_id, report, resume_dir)
+    try:
+        with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+            run_logged(ctx, config, trial_id, report, resume_dir)
+    finally:
+        # This process runs the next trial too: give back what this one freed (memory.py).
+        release_freed_memory()
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
