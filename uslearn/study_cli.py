@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from uslearn.errors import UserError
-from uslearn.study.resources import Resources
+from uslearn.study.resources import PLACEMENTS, Resources
 from uslearn.study.spec import PROFILES, StudySpec
 
 StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
@@ -75,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers-per-trial", type=int, metavar="N", help="DDP workers per trial (Ray Train)"
     )
     parser.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPU cores per worker")
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        help="where a DDP trial's workers go: PACK (default, fewest nodes) or STRICT_SPREAD "
+        "(one node each), as Ray's placement strategies",
+    )
     parser.add_argument("--seeds", type=int, metavar="N", help="run only the first N seeds")
     parser.add_argument(
         "--set",
@@ -137,6 +144,8 @@ def main(study: StudyLike, study_file: str, argv: list[str] | None = None) -> in
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     configure(args.verbose)
+    given = sys.argv[1:] if argv is None else argv
+    args.invocation = shlex.join(["python", _relative(study_file), *given])
     try:
         return run(study, args, study_file)
     except UserError as err:
@@ -154,7 +163,10 @@ def _resources(base: Resources, args: argparse.Namespace) -> Resources:
     if args.num_gpus_per_trial is not None:
         gpus = args.num_gpus_per_trial / workers
     cpus = args.cpus_per_worker or base.cpus_per_worker
-    return Resources(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+    placement = getattr(args, "placement", None) or base.placement
+    return Resources(
+        workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus, placement=placement
+    )
 
 
 # Flags that shape the trials: a resumed run must rebuild exactly the plan it started with.
@@ -164,6 +176,7 @@ PLAN_OPTIONS = (
     "workers_per_trial",
     "num_gpus_per_trial",
     "cpus_per_worker",
+    "placement",
     "smoke_test",
 )
 
@@ -232,7 +245,11 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
         return 0
     from uslearn.study.runner import Invocation, execute, new_exp_dir
+    from uslearn.study.tracking import probe
 
+    # Seconds, before Ray starts and before a phantom is generated (MLflow's own retries take
+    # minutes to give up on an unreachable server).
+    probe(args.tracking_uri)
     dataset = session.ensure_dataset(data_path, plan, args.smoke_test)
     if state and state.get("fingerprint") != dataset.fingerprint:
         raise UserError(
@@ -248,6 +265,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         options=plan_options(args),
+        command=getattr(args, "invocation", ""),
     )
     frame = execute(plan, inv, args.address)
     print(session.footer(plan, inv, frame))
@@ -320,4 +338,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_command(args: argparse.Namespace) -> int:
     study, file = load_study(args.name)
+    args.invocation = shlex.join(["uslearn", *sys.argv[1:]])
     return run(study, args, file)

@@ -110,6 +110,10 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.resume and resume_from is None:
         print(f"no checkpoint in {args.out / 'checkpoint'}: starting from scratch", file=sys.stderr)
+    if args.mlflow is not None:
+        from uslearn.study.tracking import probe
+
+        probe(args.mlflow)  # seconds, not MLflow's minutes of retries, for a wrong URI
     args.out.mkdir(parents=True, exist_ok=True)
 
     def show(metrics: dict[str, float], checkpoint: str | None) -> None:

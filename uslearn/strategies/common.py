@@ -25,6 +25,7 @@ from uslearn.errors import UserError
 from uslearn.strategies import evaluation
 from uslearn.strategies.config import ClusteringConfig, TrainConfig
 from uslearn.strategies.context import RunContext
+from uslearn.strategies.distributed import gather_rows
 
 
 @dataclass(frozen=True)
@@ -235,10 +236,18 @@ class TwoViewClustering(ClusterScoring):
             yield {"x": torch.cat([view_a, view_b]), "n_images": 2 * len(rows)}
 
     def view_probs(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the (B, K) float32 cluster probabilities of each view of ``batch``."""
+        """Return the (B, K) float32 cluster probabilities of each view of the global batch.
+
+        Under DDP, B counts every rank's images: the clustering losses are statistics of the
+        whole batch (PICA's M and Z, IIC's joint distribution), so the rows of all ranks are
+        gathered, differentiably (``distributed.gather_rows``).
+        """
         # Both views in one forward pass, so BatchNorm normalises them with the same statistics.
-        probs = model(batch["x"])["cluster"].float().softmax(dim=1)  # (2B, K)
-        return probs.chunk(2)
+        probs = model(batch["x"])["cluster"].float().softmax(dim=1)  # (2B_r, K)
+        probs_a, probs_b = probs.chunk(2)
+        # One collective for both views: (B_r, 2K) on each rank → (B, 2K).
+        both = gather_rows(torch.cat([probs_a, probs_b], dim=1))
+        return both.split(probs_a.shape[1], dim=1)
 
 
 __all__ = [

@@ -119,9 +119,10 @@ def describe(
         if res.mode == "train"
         else "the Tune trial process (no worker group to start)"
     )
+    placed = f", placement {res.placement}" if res.workers > 1 else ""
     lines.append(
         f"per trial: {res.workers} worker(s) x ({res.cpus_per_worker:g} CPU, "
-        f"{res.gpus_per_worker:g} GPU), run in {where}"
+        f"{res.gpus_per_worker:g} GPU){placed}, run in {where}"
     )
     have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
     lines.append(f"cluster: {have} -> {parallel} trial(s) at a time")
