@@ -27,24 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uslearn.study.memory import process_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL_TITLE = "ray::ImplicitFunc"  # the process title of a Tune function trainable's actor
-
-
-def read_memory(pid: int) -> tuple[int, int] | None:
-    """Return (RSS, anonymous) MiB of process ``pid`` from smaps_rollup, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    values = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in ("Rss:", "Anonymous:"):
-            values[parts[0]] = int(parts[1]) // 1024
-    if "Rss:" not in values:
-        return None
-    return values["Rss:"], values.get("Anonymous:", 0)
 
 
 def command_line(pid: int) -> str:
@@ -118,11 +104,11 @@ def sample(child: subprocess.Popen, interval: float, plain: bool) -> dict[int, S
             pids.update({pid: "trial" for pid in trial_processes(child.pid)})
         line = []
         for pid, role in pids.items():
-            memory = read_memory(pid)
+            memory = process_memory(pid)
             if memory is None:
                 continue
-            series.setdefault(pid, Series(role)).samples.append((now, *memory))
-            line.append(f"{role}[{pid}] {memory[0]}/{memory[1]}")
+            series.setdefault(pid, Series(role)).samples.append((now, memory.rss, memory.anon))
+            line.append(f"{role}[{pid}] {memory.rss}/{memory.anon}")
         print(f"{now:7.0f} s  " + "  ".join(line) + "  (RSS/anon MiB)", flush=True)
         time.sleep(interval)
     return series

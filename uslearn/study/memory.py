@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+from dataclasses import dataclass
+from pathlib import Path
 
 
 @functools.cache
@@ -44,3 +46,36 @@ def release_freed_memory() -> bool | None:
     if trim is None:
         return None
     return bool(trim(0))
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """What one process holds, in MiB.
+
+    Attributes:
+        rss: resident pages, the shared libraries' it touched included (≈ 0.2 GB for torch).
+        anon: anonymous pages: its own heap and stacks, where retained memory shows.
+    """
+
+    rss: int
+    anon: int
+
+
+def process_memory(pid: int | str = "self") -> ProcessMemory | None:
+    """Return what process ``pid`` holds (``/proc/<pid>/smaps_rollup``).
+
+    Returns:
+        None when the process is gone or the system has no such file (not Linux).
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kib = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Rss", "Anonymous"):
+            kib[name] = int(rest.split()[0])
+    if "Rss" not in kib:
+        return None
+    return ProcessMemory(rss=kib["Rss"] // 1024, anon=kib.get("Anonymous", 0) // 1024)
