@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import math
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from uslearn.config import finite_float
+from uslearn.data.cli import add_verify_data
 from uslearn.errors import UserError
 from uslearn.study.resources import PLACEMENTS, Resources
 from uslearn.study.spec import PROFILES, StudySpec
@@ -68,14 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-gpus-per-trial",
-        type=float,
+        type=finite_float,
         metavar="G",
         help="GPUs per trial (0.5 packs two trials per GPU)",
     )
     parser.add_argument(
         "--workers-per-trial", type=int, metavar="N", help="DDP workers per trial (Ray Train)"
     )
-    parser.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPU cores per worker")
+    parser.add_argument(
+        "--cpus-per-worker", type=finite_float, metavar="C", help="CPU cores per worker"
+    )
     parser.add_argument(
         "--placement",
         choices=PLACEMENTS,
@@ -90,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value for every trial (repeatable)",
     )
+    add_verify_data(parser, "once, before Ray starts (trials do not hash it again)")
     parser.add_argument(
         "--dc-init",
         metavar="PATH",
@@ -116,13 +122,20 @@ def _scalar(text: str) -> int | float | bool | str:
 
 
 def parse_sets(items: list[str]) -> dict[str, int | float | bool | str]:
-    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types)."""
+    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types).
+
+    Raises:
+        UserError: an item without ``=``, or a value that reads as nan or infinity.
+    """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = _scalar(value.strip())
+        scalar = _scalar(value.strip())
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            raise UserError(f"--set {item.strip()}: expected a finite number")
+        out[key.strip()] = scalar
     return out
 
 
@@ -251,6 +264,10 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     # minutes to give up on an unreachable server).
     probe(args.tracking_uri)
     dataset = session.ensure_dataset(data_path, plan, args.smoke_test)
+    verify = getattr(args, "verify_data", "sample")
+    if verify != "none":
+        # Once, here: the trials open the dataset without hashing it, and log this fingerprint.
+        print(dataset.verify(verify))
     if state and state.get("fingerprint") != dataset.fingerprint:
         raise UserError(
             f"--resume: {data_path} changed since the study started (fingerprint "

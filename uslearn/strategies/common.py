@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uslearn import augment, metrics
+from uslearn import augment, files, metrics
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 from uslearn.data.sampler import ExamBatchSampler
@@ -197,7 +197,11 @@ class ClusterScoring(Scoring):
         table.insert(0, "n_labelled", np.bincount(labelled_clusters, minlength=self.k))
         table.insert(0, "n_test", np.bincount(test_clusters, minlength=self.k))
         out_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out_dir / "cluster_labels.csv", index_label="cluster")
+        files.write_text(
+            out_dir / "cluster_labels.csv",
+            table.to_csv(index_label="cluster"),
+            "the clusters' labels",
+        )
         return thresholds, report, extra
 
 

@@ -16,6 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from uslearn.data.writer import die_with_parent
+from uslearn.errors import EnvError, UserError, is_environment_error
+
 
 class _GatherRows(torch.autograd.Function):
     """All-gather of (n_r, ...) row blocks whose backward returns each rank its rows' gradient.
@@ -74,8 +77,19 @@ def _free_port() -> int:
 
 
 def _worker(
-    rank: int, world_size: int, port: int, config: dict, data: str, out_dir: str, queue
+    rank: int,
+    world_size: int,
+    port: int,
+    config: dict,
+    data: str,
+    out_dir: str,
+    queue,
+    launcher: int,
 ) -> None:
+    # A killed launcher (SIGKILL, a lost terminal) must not leave its workers training.
+    die_with_parent()
+    if os.getppid() != launcher:  # it died before the line above took effect
+        os._exit(1)
     from uslearn.strategies.runner import run
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
@@ -84,6 +98,10 @@ def _worker(
     dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
     try:
         queue.put((rank, run(config, data, out_dir=out_dir)))
+    except (UserError, EnvError, OSError) as err:
+        if not isinstance(err, OSError) or is_environment_error(err):
+            queue.put((rank, err))  # the launcher raises it as the command's one line
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -93,17 +111,31 @@ def run_local_ddp(
 ) -> list[dict[str, float]]:
     """Return each rank's final metrics after training ``config`` on ``world_size`` local processes.
 
-    ``batch_exams`` is per rank: the global batch is ``world_size × batch_exams`` exams.
+    ``batch_exams`` is per rank: the global batch is ``world_size × batch_exams`` exams. The
+    processes die with this one (Linux), and stop together when one of them fails.
+
+    Raises:
+        UserError, EnvError: what a rank raised (the lowest such rank's), for one error line.
     """
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     port = _free_port()
-    mp.start_processes(
-        _worker,
-        args=(world_size, port, dict(config), str(data), str(out_dir), queue),
-        nprocs=world_size,
-        join=True,
-        start_method="spawn",
-    )
+    try:
+        mp.start_processes(
+            _worker,
+            args=(world_size, port, dict(config), str(data), str(out_dir), queue, os.getpid()),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
+        )
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        errors = []
+        while not queue.empty():
+            rank, item = queue.get()
+            if isinstance(item, BaseException):
+                errors.append((rank, item))
+        if errors:
+            raise min(errors, key=lambda found: found[0])[1] from None
+        raise
     results = dict(queue.get() for _ in range(world_size))
     return [results[rank] for rank in range(world_size)]

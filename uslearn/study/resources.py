@@ -54,7 +54,8 @@ class Resources:
     def __post_init__(self):
         if self.workers < 1:
             raise ConfigError(f"workers per trial = {self.workers}: expected >= 1")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+        # Written so that nan fails too (every comparison with nan is False).
+        if not (self.gpus_per_worker >= 0 and self.cpus_per_worker > 0):
             raise ConfigError(
                 f"gpus_per_worker={self.gpus_per_worker}, cpus_per_worker={self.cpus_per_worker}:"
                 " expected GPUs >= 0 and CPUs > 0"
