@@ -46,7 +46,8 @@ from uslearn.data.ingest import (
 )
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
-from uslearn.data.writer import DatasetWriter, check_target
+from uslearn.data.target import check_target
+from uslearn.data.writer import DatasetWriter
 from uslearn.log import progress
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

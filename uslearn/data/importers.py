@@ -29,7 +29,8 @@ from uslearn.data.ingest import (
 )
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
-from uslearn.data.writer import DatasetWriter, check_target
+from uslearn.data.target import check_target
+from uslearn.data.writer import DatasetWriter
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ImportSettings:
         workers: decoding processes (1 decodes in this process).
         skip_bad: skip unreadable/invalid items and list them instead of stopping at the first.
         overwrite: replace an existing dataset at the output path (only once complete, and
-            only a uslearn dataset: ``uslearn.data.writer.check_target``).
+            only a uslearn dataset: ``uslearn.data.target.check_target``).
         splits: keyword arguments of ``uslearn.data.splits.assign_splits`` (val, test,
             labelled, seed) for the rows whose split the CSV does not give.
         rejected: where to write the rejected list; None = ``<out>.rejected.csv``.

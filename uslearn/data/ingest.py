@@ -327,7 +327,7 @@ def check_rejected_path(path: Path, inputs: Sequence[str | os.PathLike]) -> None
     Raises:
         DatasetError: naming the path (nothing has been written).
     """
-    from uslearn.data.writer import normalise
+    from uslearn.data.target import normalise
 
     real = normalise(path).resolve()
     for given in inputs:
@@ -405,7 +405,7 @@ def show_skipped(rejections: list[Rejection], rejected_path: Path) -> None:
 
 def default_rejected_path(out: Path) -> Path:
     """Return ``<out>.rejected.csv`` beside the dataset (source paths stay out of the dataset)."""
-    from uslearn.data.writer import normalise
+    from uslearn.data.target import normalise
 
     out = normalise(out)
     return out.with_name(f"{out.name or 'dataset'}.rejected.csv")
