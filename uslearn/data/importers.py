@@ -17,18 +17,10 @@ import numpy as np
 
 from uslearn.data.dataset import CLASSES, MAX_SIZE, MIN_SIZE, DatasetError
 from uslearn.data.images import IMAGE_SUFFIXES, ImageRejected, Preprocess, prepare, read_image_file
-from uslearn.data.ingest import (
-    Item,
-    Outcome,
-    StoreAppender,
-    Workers,
-    check_rejected_path,
-    decode_all,
-    default_rejected_path,
-    finish_import,
-)
+from uslearn.data.ingest import Item, Outcome, StoreAppender, Workers, decode_all, finish_import
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
+from uslearn.data.rejected import check_rejected_path, default_rejected_path
 from uslearn.data.target import check_target
 from uslearn.data.writer import DatasetWriter
 
