@@ -149,6 +149,21 @@ def test_a_bad_torch_file_is_one_line_without_torchs_advice(bad_torch_files, nam
     assert load_file(bad_torch_files / "good.pt")["config"] == {"lam": 2.0}
 
 
+def test_any_random_bytes_give_the_one_line_error(tmp_path):
+    """Random bytes reach many states of torch's restricted unpickler (IndexError from an
+    empty mark stack was one that escaped as a traceback in CI); all must give one line."""
+    import numpy as np
+
+    from uslearn.models import load_file
+
+    rng = np.random.default_rng(0)
+    for index in range(300):
+        path = tmp_path / f"noise{index}.pt"
+        path.write_bytes(rng.bytes(int(rng.integers(1, 4096))))
+        with pytest.raises(UserError, match=r"(not a torch file|truncated or corrupt)"):
+            load_file(path)
+
+
 def test_bad_train_input_fails_before_torch_is_imported(tiny_phantom, tmp_path):
     changed = tmp_path / "changed"
     shutil.copytree(tiny_phantom, changed)

@@ -193,6 +193,10 @@ def load_file(path: str | Path) -> object:
         # A truncated zip archive: "PytorchStreamReader failed reading zip archive: ...".
         reason = str(err).split(". ")[0] if str(err) else "empty"
         raise UserError(f"{path}: truncated or corrupt torch file ({reason})") from None
+    except Exception:  # noqa: BLE001
+        # Arbitrary bytes drive torch's restricted unpickler into whatever state the bytes
+        # spell: IndexError, KeyError, struct.error, UnicodeDecodeError... all mean the same.
+        raise UserError(f"{path}: not a torch file, or a corrupt one") from None
 
 
 def checkpoint_file(path: str | Path) -> Path:
