@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from uslearn.data.dataset import CLASSES, Dataset
-from uslearn.data.phantom import ensure_phantom
 from uslearn.inference import sources
 from uslearn.inference.package import ModelPackage, write_package
 from uslearn.inference.score import score_source
 from uslearn.models import build_network
+from uslearn.phantom import ensure_phantom
 
 
 def random_package(data: Dataset, image_size: int, folder: Path) -> ModelPackage:
@@ -103,7 +103,7 @@ def main() -> None:
         rows.items = rows.items[: args.rows]
         timed = {"dataset rows (memory map → model)": score_source(package, rows, args.batch_size)}
         folder = write_frames(data, args.files, tmp / "frames")
-        files = sources.from_images(folder, package.preprocess)
+        files = sources.from_images(folder, package.preprocess, salt="benchmark")
         label = f"PNG files, {cores} decoding processes"
         timed[label] = score_source(package, files, args.batch_size, workers=cores)
         if args.ray:

@@ -151,7 +151,7 @@ def _open_source(args: argparse.Namespace, package):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from uslearn.data.ingest import show_skipped, write_rejected
+    from uslearn.data.rejected import show_skipped, write_rejected
     from uslearn.inference import output
     from uslearn.inference.score import rejection_summary, score_source
     from uslearn.study.logged_models import open_model

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from uslearn.data.ingest import Rejection
+from uslearn.data.rejected import Rejection
 from uslearn.errors import UserError
 from uslearn.inference.package import ModelPackage
 from uslearn.inference.score import Scored

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from uslearn.data.ingest import FILTER_REASONS, Rejection, Workers
+from uslearn.data.ingest import Workers
 from uslearn.data.loader import load_batch
+from uslearn.data.rejected import FILTER_REASONS, Rejection
 from uslearn.inference.package import BatchScores, ModelPackage
 from uslearn.inference.sources import Decoder, Source
 from uslearn.log import progress

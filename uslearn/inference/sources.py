@@ -27,7 +27,8 @@ from uslearn.data import dicom, importers
 from uslearn.data.dataset import SPLITS, Dataset
 from uslearn.data.images import Preprocess
 from uslearn.data.importers import ImportSettings
-from uslearn.data.ingest import Item, Outcome, Rejection, Workers
+from uslearn.data.ingest import Item, Outcome, Workers
+from uslearn.data.rejected import Rejection
 from uslearn.errors import UserError
 
 KINDS = ("data", "images", "dicom")
