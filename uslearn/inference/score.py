@@ -16,7 +16,7 @@ import numpy as np
 
 from uslearn.data.ingest import Workers
 from uslearn.data.loader import load_batch
-from uslearn.data.rejected import FILTER_REASONS, Rejection
+from uslearn.data.rejected import Rejection
 from uslearn.inference.package import BatchScores, ModelPackage
 from uslearn.inference.sources import Decoder, Source
 from uslearn.log import progress
@@ -138,5 +138,4 @@ def rejection_summary(rejections: list[Rejection]) -> str:
     for r in rejections:
         counts[r.reason] = counts.get(r.reason, 0) + 1
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    expected = all(r.reason in FILTER_REASONS for r in rejections)
-    return f"{len(rejections)} skipped ({parts}){'' if expected else '; see the rejected list'}"
+    return f"{len(rejections)} skipped ({parts})"
