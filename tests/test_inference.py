@@ -26,7 +26,8 @@ from uslearn.data.pseudonym import pseudonym
 from uslearn.inference.curate import spread_ranking
 from uslearn.inference.output import label_columns, score_columns
 from uslearn.inference.package import ModelPackage
-from uslearn.study.logged_models import best_child_run, log_model, register_run
+from uslearn.study.logged_models import best_child_run, register_run
+from uslearn.study.run_model import log_model
 from uslearn.study.tracking import client as tracking_client
 
 TINY = ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "4", "--device", "cpu"]

@@ -16,31 +16,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
-from test_study_ray import probe_spec, runs_of, study_argv
+from test_study_ray import probe_spec, ray_address, runs_of, study_argv  # noqa: F401
 
 from uslearn.cli import main as uslearn
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.pseudonym import pseudonym
 from uslearn.inference.output import label_columns, score_columns
-from uslearn.study import main as study
+from uslearn.study_cli import main as study
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    # address="local": a Ray of this test's own, even when another one runs on the machine.
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        resources={"TRAIN_DRIVER": 1},
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
+# A Ray of the module's own (address="local", 2 CPUs), as the study tests start it.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_address")]
 
 
 def predict(args: list[str], capsys) -> str:
@@ -56,7 +41,7 @@ def assert_same_predictions(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def study_store(local_ray, tiny_phantom, tmp_path_factory):
+def study_store(tiny_phantom, tmp_path_factory):
     """Run a two-trial LSD study with --register; return (its folder, printed output)."""
     root = tmp_path_factory.mktemp("study")
     spec = probe_spec("probe_register", {"lsd": {"strategy": "lsd"}}, {"lam": [1.0, 2.0]}, (0,))

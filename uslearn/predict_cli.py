@@ -18,13 +18,17 @@ MODEL_HELP = (
 )
 
 
-def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help=MODEL_HELP)
+def _add_mlflow(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mlflow",
         metavar="URI",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)",
     )
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    _add_mlflow(parser)
     parser.add_argument(
         "--device", default="auto", help="auto (a GPU when there is one), cpu or cuda[:i]"
     )
@@ -110,11 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     reg.add_argument("--run", required=True, help="the MLflow run id")
     reg.add_argument("--name", required=True, help="registered model name")
-    reg.add_argument(
-        "--mlflow",
-        metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)",
-    )
+    _add_mlflow(reg)
     reg.set_defaults(func=_register)
 
 

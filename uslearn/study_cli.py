@@ -292,12 +292,12 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     )
     frame = execute(plan, inv, args.address)
     print(session.footer(plan, inv, frame))
-    if args.register:
+    if not args.no_report:
+        print("\n".join(report_lines(spec.name, inv)))
+    if args.register:  # after the report: a refused registration loses nothing
         from uslearn.study.logged_models import register_best
 
         print(register_best(inv.tracking_uri, parent_run_id(inv), args.register))
-    if not args.no_report:
-        print("\n".join(report_lines(spec.name, inv)))
     return 0 if (frame["status"] == "ok").all() else 1
 
 

@@ -7,7 +7,7 @@
     output.py     the predictions table and file;  curate.py: clusters, proposals, to-label ranking
 
 A room between the strategies (whose evaluation rules it applies) and the study, which logs
-every finished run's package as its MLflow model (``uslearn.study.logged_models``: logging,
-registering, opening ``runs:/`` and ``models:/`` references). The ``predict`` / ``curate`` /
+every finished run's package as its MLflow model (``uslearn.study.run_model``) and registers
+and opens ``runs:/`` and ``models:/`` references (``uslearn.study.logged_models``). The ``predict`` / ``curate`` /
 ``register`` commands are ``uslearn/predict_cli.py``.
 """

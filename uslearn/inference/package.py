@@ -13,7 +13,7 @@ A package is a small directory, the same files a run writes into its output fold
                         dataset fingerprint
 
 So ``uslearn train --out DIR`` leaves a package in DIR, and the MLflow model of a run carries
-the same directory as its artifact ``package`` (``uslearn.study.logged_models``).
+the same directory as its artifact ``package`` (``uslearn.study.run_model``).
 ``ModelPackage.load`` reads either, or a downloaded MLflow model directory.
 
 Scores: a sigmoid head gives per-class probabilities; a clustering model gives every image the

@@ -1,111 +1,33 @@
-"""A training run's MLflow model: logged when the run finishes, registered, opened by reference.
+"""A run's MLflow model, once logged: registered, opened by reference, its weights found.
 
-Every finished run — ``uslearn train --mlflow`` and every study trial, both through
-``tracking.tracked_run`` — logs its model package (``uslearn.inference.package``) as the MLflow
-model ``model`` of its run (``runs:/<run id>/model``): the ``python_function`` flavour of
-``uslearn.inference.pyfunc`` with a signature, the package directory as its artifact and the
-package's facts as metadata and tags. The kept weights (``best.pt``) are stored there only, not
-a second time as a run artifact; ``run_weights`` finds them (in the run's artifacts when its
-model could not be logged). ``register_run`` puts a run's model in the model registry
-(``models:/<name>/<version>``), ``register_best`` a study's best trial by validation F1 (the
-test set never selects a model), ``open_model`` reads any reference.
+Every finished run (``uslearn train --mlflow`` and every study trial, both through
+``tracking.tracked_run``) logs its model package as the MLflow model ``model`` of its run
+(``runs:/<run id>/model``; ``run_model.log_run_model``). ``register_run`` puts a run's model in
+the model registry (``models:/<name>/<version>``), ``register_best`` a study's best trial by
+validation F1 (the test set never selects a model), ``open_model`` reads any reference, and
+``run_weights`` finds a run's kept weights (in its model, else in its artifacts).
 
 Everything goes through a client bound to the URI given (``tracking.client``): MLflow's fluent
-API (``Model.log``, ``mlflow.register_model``, ``runs:/`` resolution in
-``download_artifacts``) follows the process-wide store instead, which may be another one.
+API (``mlflow.register_model``, ``runs:/`` resolution in ``download_artifacts``) follows the
+process-wide store instead, which may be another one.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import math
-import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from uslearn.errors import UserError
 from uslearn.log import get_logger
+from uslearn.study.run_model import MODEL_NAME, first_line, quiet_mlflow
 from uslearn.study.tracking import client
 
 log = get_logger(__name__)
 
-MODEL_NAME = "model"  # the logged model's name within its run: runs:/<run id>/model
 SELECT_BY = "val/f1_weighted"
-
-
-def log_model(mlc, run_id: str, out_dir: str | Path, data) -> str:
-    """Write the run's package into ``out_dir`` and log it as the MLflow model ``model``.
-
-    Args:
-        mlc: an ``MlflowClient`` of the run's store.
-        run_id: the run that trained the model.
-        out_dir: its output folder (best.pt, thresholds.json, config.json, ...).
-        data: the training dataset (a ``Dataset`` or its directory).
-
-    Returns:
-        The model's URI, ``models:/<model id>``.
-    """
-    from mlflow.entities import LoggedModelOutput
-    from mlflow.models import Model
-
-    from uslearn.data.dataset import Dataset
-    from uslearn.inference import pyfunc
-    from uslearn.inference.package import ModelPackage, write_package
-
-    data = data if isinstance(data, Dataset) else Dataset.open(data)
-    write_package(out_dir, data)
-    package = ModelPackage.load(out_dir)
-    run = mlc.get_run(run_id)
-    facts = package.describe()
-    model = mlc.create_logged_model(
-        run.info.experiment_id,
-        name=MODEL_NAME,
-        source_run_id=run_id,
-        tags=facts,
-        params=dict(run.data.params),  # as Model.log does: the model's page shows its config
-        model_type=package.family,
-    )
-    try:
-        mlc.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        description = Model(
-            artifact_path=model.artifact_location,
-            model_uuid=model.model_id,
-            run_id=run_id,
-            model_id=model.model_id,
-        )
-        with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
-            saved = pyfunc.save(package, Path(tmp) / MODEL_NAME, description)
-            mlc.log_model_artifacts(model.model_id, str(saved))
-    except BaseException:
-        mlc.finalize_logged_model(model.model_id, "FAILED")
-        raise
-    mlc.finalize_logged_model(model.model_id, "READY")
-    return f"models:/{model.model_id}"
-
-
-@contextlib.contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """Silence MLflow's per-file progress bar and its advice to add type hints / an example."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
-
-
-def first_line(err: BaseException) -> str:
-    """Return the first line of an exception's message (its type's name when it has none)."""
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _logged_model(mlc, run, name: str = MODEL_NAME):
@@ -148,7 +70,7 @@ def run_weights(tracking_uri: str, run_id: str, dest: str | Path) -> Path | None
     mlc = client(tracking_uri)
     run = mlc.get_run(run_id)
     Path(dest).mkdir(parents=True, exist_ok=True)
-    with _quiet_mlflow():
+    with quiet_mlflow():
         try:
             location = _logged_model(mlc, run).artifact_location
             return Path(
@@ -263,7 +185,7 @@ def open_model(spec: str, tracking_uri: str | None = None):
     tracking_uri = tracking_uri or default_tracking_uri()
     try:
         location = _model_location(spec, tracking_uri)
-        with _quiet_mlflow():
+        with quiet_mlflow():
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=str(_download_dir()), tracking_uri=tracking_uri
             )

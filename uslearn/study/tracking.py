@@ -42,8 +42,6 @@ RUN_FILES = (
     "cluster_labels.csv",
     "package.json",
 )
-# Stored in the run's MLflow model (``logged_models.log_model``), not again as run artifacts.
-IN_MODEL = ("best.pt", "package.json")
 
 
 def git_sha(cwd: str | Path | None = None) -> str:
@@ -339,26 +337,14 @@ class TrackedRun:
             self.last_step = max(self.last_step, step)
 
     def log_artifacts(self, out_dir: str | Path, data: Any) -> None:
-        """Upload the run's output files and log its model package as the MLflow model ``model``.
+        """Upload the run's output files and log its model package as the MLflow model ``model``
+        (``run_model.log_run_model``: the kept weights are stored there, once)."""
+        from uslearn.study.run_model import IN_MODEL, log_run_model
 
-        The kept weights are stored once, in the model (``logged_models.log_model``). A model
-        that cannot be logged does not fail a finished run: the run keeps ``best.pt`` as an
-        artifact instead, a warning and the tag ``model_error`` say why.
-        """
-        from uslearn.study import logged_models
-
-        out_dir = Path(out_dir)
         for name in RUN_FILES:
-            if name not in IN_MODEL and (out_dir / name).is_file():
-                self.mlc.log_artifact(self.run_id, str(out_dir / name))
-        try:
-            logged_models.log_model(self.mlc, self.run_id, out_dir, data)
-        except Exception as err:  # noqa: BLE001 - a finished run stays finished
-            why = logged_models.first_line(err)
-            log.warning("run %s: its model could not be logged (%s)", self.run_id, why)
-            self.set_tags({"model_error": why[:500]})
-            if (out_dir / "best.pt").is_file():
-                self.mlc.log_artifact(self.run_id, str(out_dir / "best.pt"))
+            if name not in IN_MODEL and (Path(out_dir) / name).is_file():
+                self.mlc.log_artifact(self.run_id, str(Path(out_dir) / name))
+        log_run_model(self.mlc, self.run_id, out_dir, data)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the run."""
