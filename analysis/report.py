@@ -356,7 +356,7 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
 def _runs_link(parent: dict, tracking_uri: str | None) -> str:
     """Return a paragraph that opens the study's runs in the MLflow UI (the runs table)."""
     from uslearn.paths import default_tracking_uri
-    from uslearn.study.tracking import runs_table_url, ui_hint
+    from uslearn.study.tracking_uri import runs_table_url, ui_hint
 
     uri = tracking_uri or default_tracking_uri()
     experiment = parent.get("experiment_id")

@@ -264,7 +264,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
         return 0
     from uslearn.study.runner import Invocation, execute, new_exp_dir
-    from uslearn.study.tracking import probe
+    from uslearn.study.tracking_uri import probe
 
     # Seconds, before Ray starts and before a phantom is generated (MLflow's own retries take
     # minutes to give up on an unreachable server).

@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_init(resolved["init"])
     check_out(args.out, args.resume, args.overwrite)
     if args.mlflow is not None:
-        from uslearn.study.tracking import probe
+        from uslearn.study.tracking_uri import probe
 
         probe(args.mlflow)  # seconds, not MLflow's minutes of retries, for a wrong URI
     data = Dataset.open(args.data)
