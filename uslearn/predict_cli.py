@@ -11,6 +11,7 @@ from pathlib import Path
 
 from uslearn.data.cli import add_salt, available_cores
 from uslearn.errors import UserError
+from uslearn.strategies import registry
 
 MODEL_HELP = (
     "the model: a 'uslearn train --out' directory, runs:/RUN_ID or models:/NAME/VERSION "
@@ -88,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "curate",
         help="Browse what a clustering model found in a dataset and pick the images to label next.",
         description=(
-            "For a clustering model (pica, lsd): per-cluster contact sheets of the most typical "
+            f"For a clustering model ({', '.join(registry.names('clustering'))}): per-cluster "
+            "contact sheets of the most typical "
             "and most ambiguous images, one self-contained HTML page, proposed labels per image "
             "(CSV and Label Studio JSON) and a ranked list of the images whose labelling would "
             "help most. See docs/PREDICT.md."
@@ -232,7 +234,8 @@ def _curate(args: argparse.Namespace) -> int:
     if not package.is_clustering:
         raise UserError(
             f"--model {args.model}: a {package.family} model ({package.strategy}); curate needs "
-            "a clustering model (pica, lsd) whose clusters it can show"
+            f"a clustering model ({', '.join(registry.names('clustering'))}) whose clusters it can "
+            "show"
         )
     data = Dataset.open(args.data)
     package.check_data(data)
