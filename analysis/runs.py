@@ -158,9 +158,14 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
             lambda s: registry.ENTRIES[s].family if s in registry.ENTRIES else None
         )
         out["family"] = out["family"].fillna(known) if "family" in out else known
-    for col in raw.columns:
-        if col.startswith("metrics."):
-            out[col.removeprefix("metrics.")] = raw[col].astype(float)
+    # All metric columns at once: one insert per metric fragments the frame (pandas warns).
+    metrics = {
+        col.removeprefix("metrics."): raw[col].astype(float)
+        for col in raw.columns
+        if col.startswith("metrics.")
+    }
+    out = out.drop(columns=[name for name in metrics if name in out])
+    out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
     order = [c for c in (*ARM_PARAMS, "seed") if c in out]
     return out.sort_values([*order, "run_id"], kind="stable").reset_index(drop=True)
 

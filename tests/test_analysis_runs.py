@@ -14,7 +14,7 @@ from test_analysis_factories import (
     sweep_trials,
 )
 
-from analysis.runs import RunsError, load, per_class, typed_param
+from analysis.runs import RunsError, load, per_class, tidy, typed_param
 from uslearn.data.dataset import CLASSES
 
 
@@ -111,3 +111,24 @@ def test_typed_params_convert_numbers_missing_values_and_booleans():
     assert typed_param("width", pd.Series(["8", "16"])).tolist() == [8, 16]
     with pytest.raises(RunsError, match="param 'lr' should be a number but is 'fast'"):
         typed_param("lr", pd.Series(["0.1", "fast"]))
+
+
+def test_tidy_takes_hundreds_of_metrics_without_fragmenting_the_frame():
+    # make demo printed pandas' PerformanceWarning once per study: one insert per metric.
+    import warnings
+
+    raw = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "experiment_id": ["1", "1"],
+            "status": ["FINISHED"] * 2,
+            "start_time": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "artifact_uri": ["x", "y"],
+            "params.seed": ["0", "1"],
+            **{f"metrics.val/m{k}": [k, k + 0.5] for k in range(300)},
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        frame = tidy(raw)
+    assert frame["val/m299"].tolist() == [299.0, 299.5] and frame["seed"].tolist() == [0, 1]
