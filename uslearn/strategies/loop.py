@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from uslearn.errors import UserError
 from uslearn.log import get_logger, progress
@@ -63,6 +64,10 @@ class Strategy(Protocol):
         eval_every: steps between evaluations (the last step is always evaluated).
         keep: ``"best"`` validation checkpoint or ``"last"`` one (clustering: the last epoch).
         patience: stop after this many evaluations without validation gain; None = never.
+            With ``eval_every`` in steps this is a patience in optimiser steps.
+        min_steps: never stop early before this step (0 = no minimum).
+        ema_decay: validate, keep and test an exponential moving average of the weights
+            with this decay instead of the weights themselves (0 = off).
     """
 
     heads: dict[str, int]
@@ -71,6 +76,8 @@ class Strategy(Protocol):
     eval_every: int
     keep: str
     patience: int | None
+    min_steps: int
+    ema_decay: float
 
     def batches(self, start_step: int) -> Iterator[dict[str, Any]]:
         """Yield ready batches on the device from global step ``start_step`` on, forever.
@@ -107,6 +114,7 @@ class Training:
         optimizer: Adam over ``model``'s parameters.
         state: the counters a checkpoint restores.
         ckpt_dir: ``<out_dir>/checkpoint`` (``checkpoint.pt`` to resume, ``best.pt`` kept).
+        ema: the moving average of ``model``'s weights that is evaluated and kept, or None.
         images_seen, tick: images trained on since the last evaluation, and when it ended.
     """
 
@@ -115,8 +123,13 @@ class Training:
     optimizer: torch.optim.Optimizer
     state: LoopState
     ckpt_dir: Path
+    ema: AveragedModel | None = None
     images_seen: int = 0
     tick: float = field(default_factory=time.perf_counter)
+
+    def evaluated(self) -> torch.nn.Module:
+        """Return the network that is validated and kept: the EMA weights, or the model's."""
+        return self.ema.module if self.ema is not None else _unwrap(self.net)
 
 
 def _save_checkpoint(path: Path, training: Training, ctx: RunContext) -> None:
@@ -129,6 +142,8 @@ def _save_checkpoint(path: Path, training: Training, ctx: RunContext) -> None:
         "torch_rng": torch.get_rng_state(),
         "config": asdict(ctx.cfg),
     }
+    if training.ema is not None:
+        payload["ema"] = training.ema.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -178,7 +193,7 @@ def train(
     last one (``"last"``), loaded back into ``model``. ``report(metrics, checkpoint_dir)`` is
     called at every evaluation on every rank; checkpoint_dir is None on ranks other than 0.
     """
-    training = prepare(model, ctx, out_dir, resume_from)
+    training = prepare(model, ctx, out_dir, resume_from, ema_decay=strategy.ema_decay)
     state = training.state
     bar = (
         progress(total=strategy.total_steps, desc=ctx.cfg.strategy, unit="step")
@@ -207,19 +222,29 @@ def train(
 
 
 def prepare(
-    model: torch.nn.Module, ctx: RunContext, out_dir: Path, resume_from: str | Path | None = None
+    model: torch.nn.Module,
+    ctx: RunContext,
+    out_dir: Path,
+    resume_from: str | Path | None = None,
+    ema_decay: float = 0.0,
 ) -> Training:
-    """Return the run's ``Training``: model on the device, Adam, resumed state, DDP / compile."""
+    """Return the run's ``Training``: model on the device, Adam, EMA, resumed state, DDP / compile."""
     model = model.to(ctx.device)
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.lr)  # paper: Adam, lr 1e-4 fixed
+    # As torchvision's reference recipes: BatchNorm statistics are averaged with the weights.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        if ema_decay > 0
+        else None
+    )
     # best.pt lives beside checkpoint.pt so that a run resumed elsewhere (a restored Tune
     # trial) still has the best weights seen before the interruption.
     ckpt_dir = out_dir / "checkpoint"
     state = LoopState()
     if resume_from is not None:
-        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir)
+        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, ema)
     net = model
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -228,7 +253,7 @@ def prepare(
     if ctx.cfg.compile:
         net = torch.compile(net)
     net.train()
-    return Training(model, net, optimizer, state, ckpt_dir)
+    return Training(model, net, optimizer, state, ckpt_dir, ema)
 
 
 def train_step(
@@ -240,6 +265,8 @@ def train_step(
     training.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     training.optimizer.step()
+    if training.ema is not None:
+        training.ema.update_parameters(training.model)
     training.state.step += 1
     training.images_seen += int(batch["n_images"])
     return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in logs.items()}}
@@ -255,16 +282,18 @@ def evaluate_and_checkpoint(
     """Validate, keep the best (or last) weights, save the resume checkpoint and report.
 
     Returns:
-        True when the run should stop early (``strategy.patience`` evaluations without gain).
+        True when the run should stop early: ``strategy.patience`` evaluations without gain,
+        and at least ``strategy.min_steps`` steps done.
     """
-    state, net = training.state, training.net
+    state, net, evaluated = training.state, training.net, training.evaluated()
     elapsed = time.perf_counter() - training.tick
     metrics = {
         **train_logs,
         "train/img_per_s": training.images_seen * ctx.world_size / max(elapsed, 1e-9),
     }
     net.eval()
-    metrics["val/f1_weighted"] = _from_rank0(strategy.validate(_unwrap(net)), ctx)
+    evaluated.eval()
+    metrics["val/f1_weighted"] = _from_rank0(strategy.validate(evaluated), ctx)
     net.train()
     metrics.update(step=float(state.step), epoch=state.step / strategy.steps_per_epoch)
     gained = metrics["val/f1_weighted"] > state.best_score
@@ -277,7 +306,7 @@ def evaluate_and_checkpoint(
     if ctx.is_main:
         if gained or strategy.keep == "last":
             kept = {
-                "model": _unwrap(net).state_dict(),
+                "model": evaluated.state_dict(),
                 "config": asdict(ctx.cfg),
                 "step": state.step,
             }
@@ -289,12 +318,17 @@ def evaluate_and_checkpoint(
         report({**metrics, "best_step": float(state.best_step)}, checkpoint_dir)
     log.debug("step %d %s", state.step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     training.images_seen, training.tick = 0, time.perf_counter()
-    stop = strategy.patience is not None and state.evals_since_gain >= strategy.patience
+    stop = (
+        strategy.patience is not None
+        and state.evals_since_gain >= strategy.patience
+        and state.step >= strategy.min_steps
+    )
     if stop:
         log.info(
-            "early stopping at step %d: no validation gain for %d evaluations",
+            "early stopping at step %d: no validation gain for %d evaluations (best step %d)",
             state.step,
-            strategy.patience,
+            state.evals_since_gain,
+            state.best_step,
         )
     return stop
 
@@ -337,7 +371,9 @@ def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: RunContext) -
     return {f"train/{n}": float(v) for n, v in zip(names, means)}
 
 
-def _resume(path: Path, model, optimizer, ctx: RunContext, ckpt_dir: Path) -> LoopState:
+def _resume(
+    path: Path, model, optimizer, ctx: RunContext, ckpt_dir: Path, ema: AveragedModel | None = None
+) -> LoopState:
     """Load a checkpoint written by ``_save_checkpoint`` (a file or its directory).
 
     The best weights saved beside it are copied into this run's ``ckpt_dir`` (rank 0), so a
@@ -349,6 +385,10 @@ def _resume(path: Path, model, optimizer, ctx: RunContext, ckpt_dir: Path) -> Lo
     payload = torch.load(file, map_location="cpu", weights_only=False)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    if ema is not None:
+        if "ema" not in payload:
+            raise UserError(f"{file}: written without a weight average; resume with ema_decay=0")
+        ema.load_state_dict(payload["ema"])
     ctx.generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     previous_best = file.parent / "best.pt"
