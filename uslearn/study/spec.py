@@ -48,6 +48,7 @@ class Profile:
     grid_values: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
+_ONE_CPU = Resources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0)  # per CPU trial
 PROFILES: dict[str, Profile] = {
     "cpu-demo": Profile(
         name="cpu-demo",
@@ -56,7 +57,7 @@ PROFILES: dict[str, Profile] = {
         overrides={"image_size": 32, "eval_every": 0},
         lengths={"epochs": 3, "steps": 60},
         max_seeds=2,
-        resources=Resources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0),
+        resources=_ONE_CPU,
         reduces=(
             "demo phantom, 32 px images, 3 epochs or 60 steps (by the strategy's unit), "
             "2 seeds, 1 CPU per trial"
@@ -65,12 +66,13 @@ PROFILES: dict[str, Profile] = {
     "cpu-long": Profile(
         name="cpu-long",
         dataset="demo",
-        # The phantom evidence of docs/RESULTS.md: 4 seeds, and budgets measured to let the
-        # methods separate while the three studies fit ~90 min on 2 quiet cores.
+        # The phantom evidence of docs/RESULTS.md: 4 seeds, and budgets at which PICA and LSD
+        # reach their plateau on the phantom (measured) while unsupervised_table,
+        # lambda_sensitivity and label_fraction fit ~80 min on 2 quiet cores.
         overrides={"image_size": 32, "batch_exams": 8, "max_images_per_exam": 8},
         lengths={"epochs": 6, "steps": 150},
         max_seeds=4,
-        resources=Resources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0),
+        resources=_ONE_CPU,
         reduces=(
             "demo phantom, 32 px images, batches of 8 exams × at most 8 images, 6 epochs or "
             "150 steps (by the strategy's unit), 4 seeds, label fractions 10 % and 100 % only, "
