@@ -107,7 +107,7 @@ class ClusteringConfig:
             official PICA code's transform of the "original" images, a random crop of 80 %
             of the side, no flip, no photometric change (``augment.reduced_view``);
             ``full``: the same pipeline as view ·̂ (random resized crop, flip, intensity
-            jitter, blur or speckle; uslearn before issue 14).
+            jitter, blur or speckle; earlier uslearn versions).
         cluster_labels_from: the development set D of Algorithm 1 (the paper leaves it
             ambiguous): ``labelled`` (default: the labelled images of the run's label
             fraction) or ``val`` (the validation images, which also fit the thresholds).
