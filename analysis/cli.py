@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from uslearn.config import finite_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `report` sub-command to the top-level parser."""
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="t",
         help="confidence interval over seeds: Student t (default) or percentile bootstrap",
     )
-    parser.add_argument("--level", type=float, default=0.95, help="interval coverage (0.95)")
+    parser.add_argument("--level", type=finite_float, default=0.95, help="interval coverage (0.95)")
     parser.add_argument(
         "--invocation",
         default="latest",

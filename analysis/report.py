@@ -379,7 +379,7 @@ def render_html(
         report.notes.append(
             "runs differ in git sha or dataset fingerprint: check they are comparable"
         )
-    body = [f"<h1>Study report: {esc(study)}</h1>", _dl(facts)]
+    body = [f"<h1>Study report: {esc(study)}</h1>", _dl(facts), _runs_link(parent, tracking_uri)]
     body += [
         "<h2>Study configuration (parent run params)</h2>",
         _dl(parent["params"]) or "<p>none logged</p>",
@@ -439,6 +439,21 @@ def _shown(value: object) -> str:
         return "not logged"
     text = str(value)
     return "not logged" if text in ("nan", "NaN", "None", "<NA>") else text
+
+
+def _runs_link(parent: dict, tracking_uri: str | None) -> str:
+    """Return a paragraph that opens the study's runs in the MLflow UI (the runs table)."""
+    from uslearn.paths import default_tracking_uri
+    from uslearn.study.tracking import runs_table_url, ui_hint
+
+    uri = tracking_uri or default_tracking_uri()
+    experiment = parent.get("experiment_id")
+    if experiment is None:
+        return ""
+    if uri.startswith(("http://", "https://")):
+        url = html.escape(runs_table_url(uri, experiment))
+        return f'<p>MLflow: <a href="{url}">the runs table</a></p>'
+    return f"<p>MLflow: {html.escape(ui_hint(uri, experiment))}</p>"
 
 
 def _dl(items: dict) -> str:

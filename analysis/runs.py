@@ -266,4 +266,9 @@ def parent_run(frame: pd.DataFrame, tracking_uri: str | None = None) -> dict:
     if len(ids) != 1:
         raise RunsError(f"expected the runs of one parent run, found {len(ids)}: {list(ids)}")
     run = MlflowClient(tracking_uri or default_tracking_uri()).get_run(ids[0])
-    return {"run_id": ids[0], "params": dict(run.data.params), "tags": dict(run.data.tags)}
+    return {
+        "run_id": ids[0],
+        "experiment_id": run.info.experiment_id,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+    }

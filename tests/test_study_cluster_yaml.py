@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,16 +47,64 @@ def test_the_head_offers_the_train_driver_resource_and_workers_offer_gpus():
     assert workers and all(t["resources"].get("GPU", 0) >= 1 for t in workers)
 
 
+HEAD_SERVICES = CLUSTER_YAML.parent / "cluster" / "head_services.sh"
+
+
 def test_mlflow_listens_on_the_private_address_and_every_node_knows_it():
     config = load()
-    server = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
+    server = next(c for c in config["head_start_ray_commands"] if "mlflow-start" in c)
+    # The head starts the server with the script the local rehearsal uses, so they cannot drift.
+    assert "cluster/head_services.sh mlflow-start" in server
     assert "0.0.0.0" not in server and "--host $(hostname -I" in server
-    assert "--backend-store-uri sqlite:///" in server
-    for key in ("head_setup_commands", "worker_setup_commands"):
-        assert any("MLFLOW_TRACKING_URI" in c for c in config[key])
+    assert "--artifacts /mnt/uslearn/mlartifacts" in server
+    script = HEAD_SERVICES.read_text()
+    assert '--backend-store-uri "sqlite:///$state/mlflow.db"' in script
+    assert '--artifacts-destination "$artifacts"' in script
+    rehearsal = (CLUSTER_YAML.parent / "cluster" / "rehearsal.sh").read_text()
+    assert '"$here/head_services.sh" mlflow-start' in rehearsal
+    for key, host in (
+        ("head_setup_commands", "--host $(hostname -I"),
+        ("worker_setup_commands", "--host $RAY_HEAD_IP"),
+    ):
+        env = next(c for c in config[key] if "head_services.sh env" in c)
+        assert host in env and "--stage " in env
     assert any(
         "pip install" in c and "ray[default,train,tune]==" in c for c in config["setup_commands"]
     )
+
+
+def test_every_node_gets_the_exports_of_the_shared_script():
+    env = subprocess.run(
+        [str(HEAD_SERVICES), "env", "--host", "10.0.0.5", "--storage", "/mnt/uslearn"]
+        + ["--stage", "/tmp/uslearn-stage", "--venv", "/home/ubuntu/venv", "--ray-address", "auto"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert env == [
+        "export PATH=/home/ubuntu/venv/bin:$PATH",
+        "export MLFLOW_TRACKING_URI=http://10.0.0.5:5000",
+        "export USLEARN_RUNS=/mnt/uslearn/runs",
+        "export USLEARN_DATA=/mnt/uslearn/data",
+        "export USLEARN_STAGE_DIR=/tmp/uslearn-stage",
+        "export RAY_ADDRESS=auto",
+    ]
+
+
+def test_the_rehearsal_config_mirrors_cluster_yaml():
+    import ray.autoscaler
+
+    rehearsal = yaml.safe_load((CLUSTER_YAML.parent / "cluster" / "rehearsal.yaml").read_text())
+    # Ray's wheel has no fake_multinode defaults to fill in: every launcher key is written out.
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    assert set(schema["properties"]) <= set(rehearsal)
+    assert rehearsal["provider"]["type"] == "fake_multinode"
+    head = rehearsal["available_node_types"][rehearsal["head_node_type"]]["resources"]
+    assert head["TRAIN_DRIVER"] >= 1 and "GPU" not in head
+    workers = [
+        t for n, t in rehearsal["available_node_types"].items() if n != rehearsal["head_node_type"]
+    ]
+    assert all(t["resources"]["GPU"] >= 1 and t["min_workers"] == 0 for t in workers)
 
 
 def test_a_fractional_node_resource_is_rejected_by_the_same_validation():

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from uslearn.config import ConfigError
+from uslearn.errors import UserError
 from uslearn.strategies import names
 from uslearn.study import dryrun
 from uslearn.study.resources import (
@@ -77,7 +78,7 @@ def test_cpu_demo_profile_keeps_the_first_seeds_and_shrinks_the_images():
 
 def test_precedence_is_fixed_then_profile_then_cli_then_cell():
     spec = make_spec(fixed={"k": 0, "epochs": 500, "lr": 0.1, "image_size": 48})
-    plan = make_plan(spec, "cpu-demo", overrides={"lr": 0.01, "lam": 99.0})
+    plan = make_plan(spec, "cpu-demo", overrides={"lr": 0.01})
     config = plan.trial_config({"cell": "lsd lam=2", "seed": 1})
     assert config["epochs"] == plan.profile.lengths["epochs"]  # the profile beats fixed
     assert config["image_size"] == plan.profile.overrides["image_size"]
@@ -85,6 +86,34 @@ def test_precedence_is_fixed_then_profile_then_cli_then_cell():
     assert config["lam"] == 2.0 and config["seed"] == 1  # the cell beats everything
     cli = make_plan(spec, "cpu-demo", overrides={"epochs": 7})
     assert cli.trial_config({"cell": "lsd lam=2", "seed": 1})["epochs"] == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        (
+            {"lam": 99.0},
+            r"--set lam=99.0: study 'probe' sweeps it over its grid \[0.5, 2.0, 10.0\]",
+        ),
+        ({"strategy": "iic"}, r"--set strategy='iic': .* sets it in its arm 'pica'"),
+        ({"seed": 3}, r"--set seed=3: .*use --seeds N"),
+        ({"device": "cuda"}, r"--set device='cuda': .*trial resources"),
+    ],
+)
+def test_an_override_that_a_trial_would_ignore_is_refused(override, names):
+    with pytest.raises(ConfigError, match=names):
+        make_plan(make_spec(), "cpu-demo", overrides=override)
+
+
+def test_a_search_dimension_cannot_be_set_and_dry_run_never_prints_a_swept_value():
+    search = Search(space={"lam": LogUniform(0.1, 10.0)}, num_samples={"default": 2})
+    arms = {"lsd": {"strategy": "lsd"}}
+    spec = make_spec(fixed={"k": 0, "lam": 5.0}, arms=arms, grid={}, search=search)
+    with pytest.raises(ConfigError, match=r"--set lam=1.0: .* searches it over LogUniform"):
+        make_plan(spec, "cpu-demo", overrides={"lam": 1.0})
+    text = dryrun.describe(make_plan(spec, "cpu-demo"), {"CPU": 2.0}, None, 0.0)
+    shared = next(line for line in text.splitlines() if line.startswith("shared config:"))
+    assert "lam=" not in shared and "k=0" in shared
 
 
 def test_each_trial_gets_the_length_of_its_strategys_unit():
@@ -232,6 +261,19 @@ def test_command_line_overrides_resources_and_config():
     assert type(sets["epochs"]) is int
     with pytest.raises(Exception, match="KEY=VALUE"):
         parse_sets(["lr"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e999"])
+def test_set_refuses_a_non_finite_number(value):
+    with pytest.raises(UserError, match=f"--set lam={value}: expected a finite number"):
+        parse_sets([f"lam={value}"])
+
+
+def test_resources_refuse_nan():
+    with pytest.raises(ConfigError, match="expected GPUs >= 0 and CPUs > 0"):
+        Resources(1, float("nan"), 1.0)
+    with pytest.raises(ConfigError, match="expected GPUs >= 0 and CPUs > 0"):
+        Resources(1, 0.0, float("nan"))
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)

@@ -9,6 +9,7 @@ loudly), naming the key and what was expected.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import types
@@ -39,6 +40,22 @@ def _non_finite(value: Any) -> bool:
         return not isinstance(value, bool) and not math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def finite_float(text: str) -> float:
+    """Return ``text`` as a float: the argparse ``type`` of every numeric flag that takes one.
+
+    Raises:
+        argparse.ArgumentTypeError: ``nan``, ``inf`` or a number out of float range (argparse
+            turns it into one usage line, exit 2); nan would pass every range check after.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: expected a finite number")
+    return value
 
 
 def _coerce(cls_name: str, key: str, value: Any, annotation: Any) -> Any:

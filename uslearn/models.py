@@ -15,6 +15,8 @@ are. ``stem="gray"`` is a 1-channel ``conv1`` whose ImageNet weights are the sum
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
-from uslearn.errors import UserError
+from uslearn.errors import UserError, is_environment_error
 from uslearn.log import get_logger
 
 log = get_logger(__name__)
@@ -162,12 +164,39 @@ def _load_into_backbone(
     return report
 
 
-def _torch_load(path: Path) -> object:
-    """Return the object stored at path, as a UserError when it is not a readable torch file."""
+def load_file(path: str | Path) -> object:
+    """Return the object stored in a torch file, loaded with ``weights_only=True``.
+
+    Only tensors, numbers, strings and containers are loaded: a pickle of anything else can
+    run code, so such a file is refused rather than loaded with ``weights_only=False`` (and
+    torch's advice to do so is not passed on).
+
+    Raises:
+        UserError: one line naming the file: empty, truncated or corrupt, or holding other
+            Python objects. Disk and permission errors pass as OSError.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise UserError(f"{path}: cannot be read as a torch file ({exc})") from exc
+    except OSError as err:
+        if is_environment_error(err) or isinstance(err, FileNotFoundError):
+            raise
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise UserError(f"{path}: not a torch file, or a corrupt one") from None
+        raise UserError(
+            f"{path}: holds a Python object ({found.group(1)}) besides tensors, numbers and "
+            "containers; uslearn does not load such files (unpickling them can run code)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        # A truncated zip archive: "PytorchStreamReader failed reading zip archive: ...".
+        reason = str(err).split(". ")[0] if str(err) else "empty"
+        raise UserError(f"{path}: truncated or corrupt torch file ({reason})") from None
+    except Exception:  # noqa: BLE001
+        # Arbitrary bytes drive torch's restricted unpickler into whatever state the bytes
+        # spell: IndexError, KeyError, struct.error, UnicodeDecodeError... all mean the same.
+        raise UserError(f"{path}: not a torch file, or a corrupt one") from None
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -203,7 +232,7 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Tensor], dict]:
         UserError: nothing there, an unreadable file, or no state dict in it.
     """
     file = checkpoint_file(path)
-    payload = _torch_load(file)
+    payload = load_file(file)
     config = {}
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
@@ -295,7 +324,7 @@ def load_imagenet(network: Network, weights: str | Path | None = None) -> dict[s
             f"elsewhere and put it at {imagenet_weights_file()} (the torch hub cache; set "
             "TORCH_HOME to move it) or pass the file with --weights FILE"
         )
-    state = _torch_load(file)
+    state = load_file(file)
     if not isinstance(state, dict):
         raise UserError(f"{file}: expected a ResNet18 state dict")
     return _load_into_backbone(network, _strip_wrappers(state), str(file), ignore=("fc.",))

@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from uslearn.config import finite_float
+from uslearn.data.cli import add_verify_data
 from uslearn.errors import UserError
-from uslearn.study.resources import Resources
+from uslearn.study.resources import PLACEMENTS, Resources
 from uslearn.study.spec import PROFILES, StudySpec
 
 StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
@@ -67,14 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-gpus-per-trial",
-        type=float,
+        type=finite_float,
         metavar="G",
         help="GPUs per trial (0.5 packs two trials per GPU)",
     )
     parser.add_argument(
         "--workers-per-trial", type=int, metavar="N", help="DDP workers per trial (Ray Train)"
     )
-    parser.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPU cores per worker")
+    parser.add_argument(
+        "--cpus-per-worker", type=finite_float, metavar="C", help="CPU cores per worker"
+    )
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        help="where a DDP trial's workers go: PACK (default, fewest nodes) or STRICT_SPREAD "
+        "(one node each), as Ray's placement strategies",
+    )
     parser.add_argument("--seeds", type=int, metavar="N", help="run only the first N seeds")
     parser.add_argument(
         "--set",
@@ -83,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value for every trial (repeatable)",
     )
+    add_verify_data(parser, "once, before Ray starts (trials do not hash it again)")
     parser.add_argument(
         "--dc-init",
         metavar="PATH",
@@ -109,13 +122,20 @@ def _scalar(text: str) -> int | float | bool | str:
 
 
 def parse_sets(items: list[str]) -> dict[str, int | float | bool | str]:
-    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types)."""
+    """Return ``--set KEY=VALUE`` items as a dict of scalars (the configs check the types).
+
+    Raises:
+        UserError: an item without ``=``, or a value that reads as nan or infinity.
+    """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = _scalar(value.strip())
+        scalar = _scalar(value.strip())
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            raise UserError(f"--set {item.strip()}: expected a finite number")
+        out[key.strip()] = scalar
     return out
 
 
@@ -137,6 +157,8 @@ def main(study: StudyLike, study_file: str, argv: list[str] | None = None) -> in
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     configure(args.verbose)
+    given = sys.argv[1:] if argv is None else argv
+    args.invocation = shlex.join(["python", _relative(study_file), *given])
     try:
         return run(study, args, study_file)
     except UserError as err:
@@ -154,7 +176,10 @@ def _resources(base: Resources, args: argparse.Namespace) -> Resources:
     if args.num_gpus_per_trial is not None:
         gpus = args.num_gpus_per_trial / workers
     cpus = args.cpus_per_worker or base.cpus_per_worker
-    return Resources(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+    placement = getattr(args, "placement", None) or base.placement
+    return Resources(
+        workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus, placement=placement
+    )
 
 
 # Flags that shape the trials: a resumed run must rebuild exactly the plan it started with.
@@ -164,6 +189,7 @@ PLAN_OPTIONS = (
     "workers_per_trial",
     "num_gpus_per_trial",
     "cpus_per_worker",
+    "placement",
     "smoke_test",
 )
 
@@ -232,8 +258,16 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
         return 0
     from uslearn.study.runner import Invocation, execute, new_exp_dir
+    from uslearn.study.tracking import probe
 
+    # Seconds, before Ray starts and before a phantom is generated (MLflow's own retries take
+    # minutes to give up on an unreachable server).
+    probe(args.tracking_uri)
     dataset = session.ensure_dataset(data_path, plan, args.smoke_test)
+    verify = getattr(args, "verify_data", "sample")
+    if verify != "none":
+        # Once, here: the trials open the dataset without hashing it, and log this fingerprint.
+        print(dataset.verify(verify))
     if state and state.get("fingerprint") != dataset.fingerprint:
         raise UserError(
             f"--resume: {data_path} changed since the study started (fingerprint "
@@ -248,6 +282,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         options=plan_options(args),
+        command=getattr(args, "invocation", ""),
     )
     frame = execute(plan, inv, args.address)
     print(session.footer(plan, inv, frame))
@@ -320,4 +355,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_command(args: argparse.Namespace) -> int:
     study, file = load_study(args.name)
+    args.invocation = shlex.join(["uslearn", *sys.argv[1:]])
     return run(study, args, file)

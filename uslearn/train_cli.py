@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import os
+import re
+import shutil
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 from uslearn.config import load_yaml
-from uslearn.strategies.registry import STRATEGY_NAMES, config_classes
+from uslearn.data.cli import add_verify_data
+from uslearn.data.dataset import Dataset
+from uslearn.data.writer import normalise, target_lock
+from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
+from uslearn.strategies.registry import STRATEGY_NAMES, config_classes, resolved_config
+from uslearn.study.tracking import RUN_FILES
 
 # Flags whose name in the issue/paper differs from the config field.
 ALIASES = {"image_size": ["--size"]}
@@ -37,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
             "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
-            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out."
+            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out: a new or empty folder, or "
+            "an earlier run's with --resume (same config; only the length may change) or --overwrite. "
+            "Exit 2 for bad input, 1 for a fault of the machine (disk full, permission denied)."
         ),
     )
     parser.add_argument(
@@ -63,8 +76,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--experiment", default="uslearn-train", help="MLflow experiment name (with --mlflow)"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from --out/checkpoint if it exists"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint/ (same config; only --epochs or "
+        "--steps may change)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its uslearn outputs only)",
+    )
+    add_verify_data(parser, "before training")
     parser.add_argument(
         "--workers",
         type=int,
@@ -89,9 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from uslearn.errors import UserError
-    from uslearn.strategies import evaluation, resolved_config, run
-
+    # Everything a user gave is checked before torch is imported (seconds under load).
     config = load_yaml(args.config) if args.config else {}
     config.update(
         {
@@ -103,14 +123,33 @@ def _train(args: argparse.Namespace) -> int:
     config["strategy"] = args.strategy
     config["workers"] = args.workers
     resolved = resolved_config(config)  # validates every key before any work starts
-    resume_from = (
-        args.out / "checkpoint"
-        if args.resume and (args.out / "checkpoint" / "checkpoint.pt").is_file()
-        else None
-    )
-    if args.resume and resume_from is None:
-        print(f"no checkpoint in {args.out / 'checkpoint'}: starting from scratch", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1 and (args.mlflow is not None or args.resume):
+        raise UserError(
+            "--workers > 1 runs without --mlflow and --resume here; use a study (Ray Train) for those"
+        )
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out, --overwrite replaces it: give one")
+    _check_init(resolved["init"])
+    check_out(args.out, args.resume, args.overwrite)
+    if args.mlflow is not None:
+        from uslearn.study.tracking import probe
+
+        probe(args.mlflow)  # seconds, not MLflow's minutes of retries, for a wrong URI
+    data = Dataset.open(args.data)
+    if args.verify_data != "none":
+        print(data.verify(args.verify_data), file=sys.stderr)
+    with run_folder(args.out, args.resume, args.overwrite) as resume_from:
+        final = _fit(args, config, data, resolved, resume_from)
+    if not final:
+        raise UserError("training returned no metrics")
+    return 0
+
+
+def _fit(
+    args: argparse.Namespace, config: dict, data: Dataset, resolved: dict, resume_from
+) -> dict[str, float]:
+    """Train (imports torch), print the per-class table and the metrics; return them."""
+    from uslearn.strategies import evaluation, run
 
     def show(metrics: dict[str, float], checkpoint: str | None) -> None:
         print(
@@ -119,18 +158,14 @@ def _train(args: argparse.Namespace) -> int:
         )
 
     if args.workers > 1:
-        if args.mlflow is not None or resume_from is not None:
-            raise UserError(
-                "--workers > 1 runs without --mlflow and --resume here; use a study (Ray Train) for those"
-            )
         from uslearn.strategies.distributed import run_local_ddp
 
         final = run_local_ddp(config, args.data, args.workers, args.out)[0]
     elif args.mlflow is None:
-        final = run(config, args.data, report=show, out_dir=args.out, resume_from=resume_from)
+        final = run(config, data, report=show, out_dir=args.out, resume_from=resume_from)
     else:
         run_name = f"{args.strategy}-seed{resolved['seed']}"
-        final = _run_tracked(args, config, run_name, show, resume_from)
+        final = _run_tracked(args, config, data, run_name, show, resume_from)
     import pandas as pd
 
     report = pd.read_csv(args.out / "per_class.csv", index_col="class")
@@ -142,24 +177,153 @@ def _train(args: argparse.Namespace) -> int:
         )
     )
     print(f"outputs in {args.out}")
-    if not final:
-        raise UserError("training returned no metrics")
-    return 0
+    return final
 
 
 def _run_tracked(
-    args: argparse.Namespace, config: dict, run_name: str, show, resume_from
+    args: argparse.Namespace, config: dict, data: Dataset, run_name: str, show, resume_from
 ) -> dict[str, float]:
     """Train with one MLflow run, logged by the same path as a study's trials; return metrics."""
-    from uslearn.data.dataset import Dataset
     from uslearn.study import tracking
 
-    data = Dataset.open(args.data)
     tracked = tracking.TrackedRun(
         args.mlflow,
         tracking.experiment_id(args.mlflow, args.experiment),
         run_name,
         {"git_sha": tracking.git_sha()},
     )
-    tracked.log_params(tracking.run_params(config, data.fingerprint))
+    # data_verified says how far the fingerprint logged was checked against the files.
+    params = tracking.run_params(config, data.fingerprint, data_verified=args.verify_data)
+    tracked.log_params(params)
     return tracking.tracked_run(tracked, config, data, args.out, show, resume_from)
+
+
+def _check_init(init: str) -> None:
+    """Refuse an ``init`` path that does not exist (before torch is imported to load it)."""
+    if init not in ("random", "imagenet") and not Path(init).exists():
+        raise UserError(
+            f"--init {init}: no such file or folder; expected 'random', 'imagenet' or a "
+            "clustering checkpoint (a .pt file or a run folder holding best.pt)"
+        )
+
+
+# What ``uslearn train`` writes into --out; any other name there is someone else's file.
+OUTPUT_NAMES = frozenset((*RUN_FILES, "checkpoint"))
+# Temporary files of ``uslearn.files.replacing`` (``.<name>.tmp-<pid>``) that a kill left.
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)")
+
+
+def _is_leftover(path: Path) -> bool:
+    found = _LEFTOVER.fullmatch(path.name)
+    return found is not None and found["name"] in (*OUTPUT_NAMES, "checkpoint.pt")
+
+
+def has_run(out: Path) -> bool:
+    """Return True when ``out`` holds an earlier ``uslearn train``'s outputs.
+
+    Its weights (``best.pt``, ``checkpoint/``) or its ``config.json`` (a resolved config:
+    ``strategy`` and ``family``) say so; a file that merely shares a name does not.
+    """
+    saved = [out / "best.pt", out / "checkpoint" / "checkpoint.pt", out / "checkpoint" / "best.pt"]
+    if any(path.is_file() for path in saved):
+        return True
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"strategy", "family"} <= set(config)
+
+
+def _foreign(out: Path) -> list[str]:
+    """Return the names in ``out`` that an earlier ``uslearn train`` did not write."""
+    if not out.is_dir():
+        return []
+    run = has_run(out)
+    foreign = []
+    for entry in out.iterdir():
+        if _is_leftover(entry):
+            continue
+        if entry.name == "checkpoint" and entry.is_dir():
+            # A killed run may leave checkpoint/ empty or with temporary files only.
+            foreign += [
+                f"checkpoint/{p.name}"
+                for p in entry.iterdir()
+                if not _is_leftover(p) and not (run and p.name in ("checkpoint.pt", "best.pt"))
+            ]
+        elif not (run and entry.name in RUN_FILES):
+            foreign.append(entry.name)
+    return sorted(foreign)
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that a run would mix with other files or replace without being asked.
+
+    ``out`` may be new, empty, or hold only uslearn's outputs: those of an earlier run need
+    ``--resume`` (with its checkpoint) or ``--overwrite``. Nothing is written here.
+
+    Raises:
+        UserError: naming --out and what to do.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the run's outputs")
+    foreign = _foreign(out)
+    if foreign:
+        raise UserError(
+            f"--out {out}: holds files that uslearn did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder"
+        )
+    if not has_run(out):
+        return
+    if resume and not (out / "checkpoint" / "checkpoint.pt").is_file():
+        raise UserError(
+            f"--resume: {out} holds a run's outputs but no checkpoint/checkpoint.pt to continue "
+            "from; --overwrite trains it again from scratch"
+        )
+    if not (resume or overwrite):
+        raise UserError(
+            f"--out {out}: holds an earlier run; --resume continues it, --overwrite replaces it, "
+            "or give a new --out"
+        )
+
+
+@contextlib.contextmanager
+def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[Path | None]:
+    """Hold --out for one run; yield the checkpoint folder to resume from, or None.
+
+    A lock beside ``out`` (``.<name>.lock``) keeps a second command from writing the same
+    folder meanwhile; leftovers of a killed run's writes are removed, and with ``overwrite``
+    the earlier run's outputs (other files stay: ``check_out`` refused any).
+
+    Raises:
+        UserError: another uslearn command holds the folder.
+        EnvError: ``out`` cannot be created or written (permission denied, read-only disk).
+    """
+    out = normalise(out)
+    checkpoint = out / "checkpoint"
+    with contextlib.ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(target_lock(out))
+            out.mkdir(exist_ok=True)
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+            for folder in (out, checkpoint):
+                for path in folder.glob(".*.tmp-*") if folder.is_dir() else []:
+                    if _is_leftover(path):
+                        path.unlink()
+            if overwrite:
+                for name in OUTPUT_NAMES:
+                    target = out / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        except OSError as err:
+            if not is_environment_error(err):
+                raise
+            raise EnvError(
+                f"--out {describe_os_error(err, out, 'preparing the run folder')}"
+            ) from err
+        if resume and (checkpoint / "checkpoint.pt").is_file():
+            yield checkpoint
+            return
+        if resume:
+            print(f"no checkpoint in {checkpoint}: starting from scratch", file=sys.stderr)
+        yield None

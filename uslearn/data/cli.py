@@ -6,10 +6,10 @@ Heavy imports stay inside the handlers so that ``uslearn --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
+from uslearn.config import finite_float
 from uslearn.errors import UserError
 
 
@@ -36,15 +36,22 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     return data_sub
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text}: expected a finite number")
-    return value
+VERIFY_CHOICES = ("sample", "full", "none")
+
+
+def add_verify_data(parser: argparse.ArgumentParser, when: str) -> None:
+    """Add ``--verify-data sample|full|none`` (default sample) to a command that reads a dataset."""
+    parser.add_argument(
+        "--verify-data",
+        choices=VERIFY_CHOICES,
+        default="sample",
+        help=f"check the dataset against its meta.json {when}: the manifest and a 16 MiB sample "
+        "of the store (default), every byte (full), or not at all (none)",
+    )
 
 
 def _fraction_or_count(text: str) -> float:
-    value = _finite(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text}: expected a fraction in [0, 1) or a count >= 1")
     return value
@@ -114,7 +121,7 @@ def _add_common_import(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--doppler-fraction",
-        type=_finite,
+        type=finite_float,
         default=0.01,
         help="reject a frame whose region has more coloured pixels than this (default 0.01); 1 keeps all",
     )
@@ -264,7 +271,7 @@ def _add_check(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument(
         "--near-duplicate",
-        type=_finite,
+        type=finite_float,
         default=0.9,
         help="correlation from which two images count as near-duplicates (default 0.9; >1 disables)",
     )

@@ -55,6 +55,7 @@ from uslearn.data.dataset import (
     validate_manifest,
 )
 from uslearn.errors import EnvError, describe_os_error, is_environment_error
+from uslearn.files import fsync_dir, fsync_file
 from uslearn.log import get_logger
 
 log = get_logger(__name__)
@@ -427,7 +428,7 @@ class DatasetWriter:
             }
             (self.tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
             for name in (MANIFEST, STORE, META):
-                _fsync_file(self.tmp / name)
+                fsync_file(self.tmp / name)
             self._move_into_place()
         self._committed = True
         return self.out
@@ -460,7 +461,7 @@ class DatasetWriter:
                 f"replaced{kept}"
             ) from None
         (self.out / PARTIAL_MARKER).unlink()
-        _fsync_dir(self.out.parent)
+        fsync_dir(self.out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -493,16 +494,3 @@ class DatasetWriter:
         if self.overwrite and os.path.lexists(self.out):
             return "the previous dataset is unchanged"
         return "nothing was written"
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system allows it
-        _fsync_file(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from uslearn.config import finite_float
 from uslearn.data import CLASSES, Dataset
 from uslearn.phantom.generate import PRESETS, generate_phantom
 
@@ -24,8 +25,10 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--exams", type=int, default=None, help="number of exams (preset's)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", type=float, default=1.0, help="0 easy, 1 default, 2 hard")
-    parser.add_argument("--label-noise", type=float, default=0.0, help="share of noisy tags")
+    parser.add_argument(
+        "--difficulty", type=finite_float, default=1.0, help="0 easy, 1 default, 2 hard"
+    )
+    parser.add_argument("--label-noise", type=finite_float, default=0.0, help="share of noisy tags")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.set_defaults(func=_run)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uslearn import augment, metrics
+from uslearn import augment, files, metrics
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 from uslearn.data.sampler import ExamBatchSampler
@@ -25,6 +25,7 @@ from uslearn.errors import UserError
 from uslearn.strategies import evaluation
 from uslearn.strategies.config import ClusteringConfig, TrainConfig
 from uslearn.strategies.context import RunContext
+from uslearn.strategies.distributed import gather_rows
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,11 @@ class ClusterScoring(Scoring):
         table.insert(0, "n_labelled", np.bincount(labelled_clusters, minlength=self.k))
         table.insert(0, "n_test", np.bincount(test_clusters, minlength=self.k))
         out_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out_dir / "cluster_labels.csv", index_label="cluster")
+        files.write_text(
+            out_dir / "cluster_labels.csv",
+            table.to_csv(index_label="cluster"),
+            "the clusters' labels",
+        )
         return thresholds, report, extra
 
 
@@ -242,14 +247,20 @@ class TwoViewClustering(ClusterScoring):
     def view_log_probs(
         self, model: torch.nn.Module, batch: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the (B, K) float32 cluster log-probabilities of views ·̃ and ·̂ of ``batch``.
+        """Return the (B, K) float32 cluster log-probabilities of views ·̃ and ·̂ of the global batch.
 
         Log-probabilities, not probabilities: the cluster-size priors need log z_k of nearly
-        empty clusters without a floor (``losses.log_cluster_sizes``).
+        empty clusters without a floor (``losses.log_cluster_sizes``). Under DDP, B counts
+        every rank's images: the clustering losses are statistics of the whole batch (PICA's M
+        and Z, IIC's joint distribution), so the rows of all ranks are gathered,
+        differentiably (``distributed.gather_rows``).
         """
         # Both views in one forward pass, so BatchNorm normalises them with the same statistics.
-        log_probs = model(batch["x"])["cluster"].float().log_softmax(dim=1)  # (2B, K)
-        return log_probs.chunk(2)
+        log_probs = model(batch["x"])["cluster"].float().log_softmax(dim=1)  # (2B_r, K)
+        log_p_a, log_p_b = log_probs.chunk(2)
+        # One collective for both views: (B_r, 2K) on each rank → (B, 2K).
+        both = gather_rows(torch.cat([log_p_a, log_p_b], dim=1))
+        return both.split(log_p_a.shape[1], dim=1)
 
 
 __all__ = [

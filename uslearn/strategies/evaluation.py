@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uslearn import augment, metrics
+from uslearn import augment, files, metrics
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 
@@ -109,14 +109,19 @@ def write_artifacts(
     final: dict[str, float],
     config: dict,
 ) -> None:
-    """Write thresholds.json, per_class.csv, metrics.json and config.json into ``out_dir``."""
+    """Write thresholds.json, per_class.csv, metrics.json and config.json into ``out_dir``.
+
+    Each file is replaced whole or not at all (``uslearn.files``): a disk that fills up leaves
+    an earlier run's file as it was and raises ``EnvError`` naming the file.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "thresholds.json").write_text(
-        json.dumps(dict(zip(CLASSES, map(float, thresholds))), indent=2)
-    )
-    report.to_csv(out_dir / "per_class.csv", index_label="class")
-    (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    thresholds_text = json.dumps(dict(zip(CLASSES, map(float, thresholds))), indent=2)
+    files.write_text(out_dir / "thresholds.json", thresholds_text, "the thresholds")
+    files.write_text(out_dir / "per_class.csv", report.to_csv(index_label="class"), "the report")
+    metrics_text = json.dumps(final, indent=2, sort_keys=True)
+    files.write_text(out_dir / "metrics.json", metrics_text, "the metrics")
+    config_text = json.dumps(config, indent=2, sort_keys=True)
+    files.write_text(out_dir / "config.json", config_text, "the run's config")
 
 
 def format_report(report: pd.DataFrame) -> str:

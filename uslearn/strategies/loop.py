@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,8 +27,10 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from uslearn import files, models
 from uslearn.errors import UserError
 from uslearn.log import get_logger, progress
+from uslearn.strategies import checkpoint
 from uslearn.strategies.context import RunContext
 
 log = get_logger(__name__)
@@ -114,6 +114,8 @@ class Training:
         optimizer: Adam over ``model``'s parameters.
         state: the counters a checkpoint restores.
         ckpt_dir: ``<out_dir>/checkpoint`` (``checkpoint.pt`` to resume, ``best.pt`` kept).
+        record: the run's resolved config (with the dataset fingerprint), stored in every
+            checkpoint: a resume compares it with its own.
         ema: the moving average of ``model``'s weights that is evaluated and kept, or None.
         images_seen, tick: images trained on since the last evaluation, and when it ended.
     """
@@ -123,6 +125,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     state: LoopState
     ckpt_dir: Path
+    record: dict[str, Any]
     ema: AveragedModel | None = None
     images_seen: int = 0
     tick: float = field(default_factory=time.perf_counter)
@@ -132,22 +135,27 @@ class Training:
         return self.ema.module if self.ema is not None else _unwrap(self.net)
 
 
-def _save_checkpoint(path: Path, training: Training, ctx: RunContext) -> None:
-    """Write model, optimiser, loop state and RNG states atomically to ``path``."""
+def _save_checkpoints(training: Training, ctx: RunContext, best: bool) -> None:
+    """Write ``checkpoint.pt`` (and ``best.pt`` when ``best``), both or neither (checkpoint.py).
+
+    ``best.pt`` holds the evaluated weights: the weight average's when there is one.
+    """
     payload = {
         "model": _unwrap(training.net).state_dict(),
         "optimizer": training.optimizer.state_dict(),
         "state": asdict(training.state),
         "generator": ctx.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "config": asdict(ctx.cfg),
+        "config": training.record,
     }
     if training.ema is not None:
         payload["ema"] = training.ema.state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    kept = {
+        "model": training.evaluated().state_dict(),
+        "config": training.record,
+        "step": training.state.step,
+    }
+    checkpoint.save(training.ckpt_dir, payload, kept if best else None)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -186,15 +194,27 @@ def train(
     out_dir: Path,
     report: OnEvaluation | None = None,
     resume_from: str | Path | None = None,
+    record: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, LoopState]:
     """Train ``model`` with ``strategy`` to the end; return the kept model and the loop state.
 
     The kept model is the best validation checkpoint (``strategy.keep == "best"``) or the
     last one (``"last"``), loaded back into ``model``. ``report(metrics, checkpoint_dir)`` is
     called at every evaluation on every rank; checkpoint_dir is None on ranks other than 0.
+    ``record`` (the resolved config; default: ``ctx.cfg``) goes into every checkpoint.
+
+    Raises:
+        UserError: ``resume_from`` is no readable checkpoint, was written with another config
+            (only the length may differ) or lies past this run's end.
     """
-    training = prepare(model, ctx, out_dir, resume_from, ema_decay=strategy.ema_decay)
+    training = prepare(model, ctx, out_dir, resume_from, record, ema_decay=strategy.ema_decay)
     state = training.state
+    if state.step > strategy.total_steps:
+        raise UserError(
+            f"cannot resume: the checkpoint is at step {state.step} (epoch "
+            f"{state.step / strategy.steps_per_epoch:g}), past the end of this run "
+            f"({strategy.total_steps} step(s)); give a length that reaches it"
+        )
     bar = (
         progress(total=strategy.total_steps, desc=ctx.cfg.strategy, unit="step")
         if ctx.is_main
@@ -226,9 +246,11 @@ def prepare(
     ctx: RunContext,
     out_dir: Path,
     resume_from: str | Path | None = None,
+    record: dict[str, Any] | None = None,
     ema_decay: float = 0.0,
 ) -> Training:
     """Return the run's ``Training``: model on the device, Adam, EMA, resumed state, DDP / compile."""
+    record = dict(record) if record is not None else asdict(ctx.cfg)
     model = model.to(ctx.device)
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -244,7 +266,7 @@ def prepare(
     ckpt_dir = out_dir / "checkpoint"
     state = LoopState()
     if resume_from is not None:
-        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, ema)
+        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, record, ema)
     net = model
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -253,7 +275,7 @@ def prepare(
     if ctx.cfg.compile:
         net = torch.compile(net)
     net.train()
-    return Training(model, net, optimizer, state, ckpt_dir, ema)
+    return Training(model, net, optimizer, state, ckpt_dir, record, ema)
 
 
 def train_step(
@@ -304,15 +326,7 @@ def evaluate_and_checkpoint(
         state.evals_since_gain += 1
     state.history.append(metrics)
     if ctx.is_main:
-        if gained or strategy.keep == "last":
-            kept = {
-                "model": evaluated.state_dict(),
-                "config": asdict(ctx.cfg),
-                "step": state.step,
-            }
-            training.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(kept, training.ckpt_dir / "best.pt")
-        _save_checkpoint(training.ckpt_dir / "checkpoint.pt", training, ctx)
+        _save_checkpoints(training, ctx, best=gained or strategy.keep == "last")
     if report is not None:
         checkpoint_dir = str(training.ckpt_dir) if ctx.is_main else None
         report({**metrics, "best_step": float(state.best_step)}, checkpoint_dir)
@@ -342,10 +356,8 @@ def load_kept(training: Training, ctx: RunContext, out_dir: Path) -> torch.nn.Mo
                 f"training ended before the first evaluation (step {training.state.step}); "
                 f"no checkpoint at {best_path}"
             )
-        model.load_state_dict(
-            torch.load(best_path, map_location="cpu", weights_only=False)["model"]
-        )
-        shutil.copy2(best_path, out_dir / "best.pt")
+        model.load_state_dict(models.load_file(best_path)["model"])
+        files.copy_file(best_path, out_dir / "best.pt", "the best weights")
     if ctx.world_size > 1:
         # Other ranks may run on other nodes: they get the kept weights from rank 0, not its disk.
         for tensor in model.state_dict().values():
@@ -372,25 +384,39 @@ def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: RunContext) -
 
 
 def _resume(
-    path: Path, model, optimizer, ctx: RunContext, ckpt_dir: Path, ema: AveragedModel | None = None
+    path: Path,
+    model,
+    optimizer,
+    ctx: RunContext,
+    ckpt_dir: Path,
+    record: dict[str, Any],
+    ema: AveragedModel | None = None,
 ) -> LoopState:
-    """Load a checkpoint written by ``_save_checkpoint`` (a file or its directory).
+    """Load a checkpoint written by ``_save_checkpoints`` (a file or its directory).
 
-    The best weights saved beside it are copied into this run's ``ckpt_dir`` (rank 0), so a
-    run resumed into another folder still keeps the best model seen before the interruption.
+    Its config is checked first (``checkpoint.read_for_resume``: the same as ``record`` but
+    for the length). The best weights saved beside it are copied into this run's ``ckpt_dir``
+    (rank 0), so a run resumed into another folder still keeps the best model seen before the
+    interruption.
+
+    Raises:
+        UserError: one line naming the file: missing, unreadable, not a training checkpoint,
+            written with another config, or holding weights that do not fit the network.
     """
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"{file}: no checkpoint to resume from")
-    payload = torch.load(file, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if ema is not None:
-        if "ema" not in payload:
-            raise UserError(f"{file}: written without a weight average; resume with ema_decay=0")
-        ema.load_state_dict(payload["ema"])
-    ctx.generator.set_state(payload["generator"])
-    torch.set_rng_state(payload["torch_rng"])
+    file, payload = checkpoint.read_for_resume(path, record)
+    if ema is not None and "ema" not in payload:
+        raise UserError(f"{file}: written without a weight average; resume with ema_decay=0")
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(payload["ema"])
+        ctx.generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        state = LoopState(**payload["state"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{file}: does not fit this run's network ({reason})") from None
     previous_best = file.parent / "best.pt"
     if (
         ctx.is_main
@@ -398,7 +424,6 @@ def _resume(
         and previous_best.resolve() != (ckpt_dir / "best.pt").resolve()
     ):
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(previous_best, ckpt_dir / "best.pt")
-    state = LoopState(**payload["state"])
+        files.copy_file(previous_best, ckpt_dir / "best.pt", "the best weights")
     log.info("resumed from %s at step %d", path, state.step)
     return state

@@ -147,6 +147,33 @@ def resolved_config(config: dict) -> dict:
     return {**flat, "init_kind": train.init_kind, "family": entry(train.strategy).family}
 
 
+def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Return what a resumed run would change of its checkpoint's run, one ``key=value`` each.
+
+    A resumed run continues the optimiser, the counters and the random streams of the run
+    that wrote the checkpoint, so every value must be that run's except its length (the
+    strategy's unit, ``epochs`` or ``steps``): anything else would train the first steps with
+    one config and the rest with another, while ``config.json`` records only the last.
+
+    Args:
+        saved: the resolved config stored in the checkpoint (keys it lacks are not compared:
+            checkpoints written before a field existed).
+        current: this run's resolved config (``resolved_config`` + ``dataset_fingerprint``).
+
+    Returns:
+        ``"lam=5.0 (the checkpoint's: 2.0)"`` per differing key, sorted; only the strategy
+        when it differs (every other difference follows from it). Empty when resumable.
+    """
+    if saved.get("strategy", current.get("strategy")) != current.get("strategy"):
+        return [f"strategy={current.get('strategy')!r} (the checkpoint's: {saved['strategy']!r})"]
+    length = ENTRIES[current["strategy"]].unit if current.get("strategy") in ENTRIES else None
+    return [
+        f"{key}={current[key]!r} (the checkpoint's: {saved[key]!r})"
+        for key in sorted(set(saved) & set(current))
+        if key != length and saved[key] != current[key]
+    ]
+
+
 def _all_fields() -> dict[str, tuple[type, Any]]:
     """Return field name -> (config class that declares it last, field) over every config."""
     out = {}
@@ -201,4 +228,5 @@ __all__ = [
     "param_types",
     "parse_config",
     "resolved_config",
+    "resume_conflicts",
 ]

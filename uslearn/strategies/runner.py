@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from uslearn import models
+from uslearn import files, models
 from uslearn.data.dataset import Dataset
 from uslearn.strategies import evaluation
 from uslearn.strategies.context import make_context
@@ -36,14 +36,21 @@ def run(
         report: called as ``report(metrics, checkpoint_dir)`` at every evaluation on every rank.
         out_dir: where metrics.json, config.json, thresholds.json, per_class.csv, best.pt,
             checkpoint/ (and cluster_labels.csv) go; a temporary directory when None.
-        resume_from: a checkpoint directory written by an earlier, interrupted run.
+        resume_from: a checkpoint directory written by an earlier, interrupted run of the
+            same config and dataset (only the length, epochs or steps, may differ).
 
     Returns:
         ``test/*`` metrics of the kept model, ``val/f1_weighted`` (its validation score) and
         ``best_step``.
+
+    Raises:
+        UserError: a bad config, dataset or checkpoint (one line naming it).
+        EnvError: disk full or permission denied while writing (the earlier files are kept).
     """
     cfg, own = parse_config(config)
     data = data if isinstance(data, Dataset) else Dataset.open(data)
+    # What ran: config.json at the end, and every checkpoint (a resume compares it).
+    resolved = {**resolved_config(config), "dataset_fingerprint": data.fingerprint}
     out = (
         Path(out_dir)
         if out_dir is not None
@@ -52,7 +59,9 @@ def run(
     ctx = make_context(cfg)
     strategy = entry(cfg.strategy).load().build(cfg, own, data=data, ctx=ctx)
     model = models.build_network(strategy.heads, init=cfg.init, weights=cfg.weights or None)
-    model, state = train(strategy, model, ctx, out, report=report, resume_from=resume_from)
+    model, state = train(
+        strategy, model, ctx, out, report=report, resume_from=resume_from, record=resolved
+    )
     with torch.no_grad():
         thresholds, test_report, extra = strategy.finish(model, out)
     kept_step = state.best_step if strategy.keep == "best" else state.step
@@ -66,7 +75,6 @@ def run(
         "best_step": float(kept_step),
     }
     if ctx.is_main:
-        resolved = {**resolved_config(config), "dataset_fingerprint": data.fingerprint}
         evaluation.write_artifacts(out, thresholds, test_report, final, resolved)
-        (out / "history.json").write_text(json.dumps(state.history, indent=1))
+        files.write_text(out / "history.json", json.dumps(state.history, indent=1), "the history")
     return final

@@ -19,7 +19,7 @@ from uslearn.study.resources import (
     images_per_trial,
     trial_throughput,
 )
-from uslearn.study.spec import Plan
+from uslearn.study.spec import Plan, swept_keys
 
 
 def _short(value: Any, width: int = 40) -> Any:
@@ -112,16 +112,19 @@ def describe(
     lines += ["", trial_table(plan).to_string(index=False), ""]
     if plan.is_search:
         lines.append(f"length: {_length(plan.trial_config({}))} per trial")
-    shared = ", ".join(f"{k}={v}" for k, v in sorted(plan.base.items()))
+    # A value that the grid, the search or an arm sets per trial is not shared: never print it.
+    swept = swept_keys(plan.spec)
+    shared = ", ".join(f"{k}={v}" for k, v in sorted(plan.base.items()) if k not in swept)
     lines.append(f"shared config: {shared}")
     where = (
         "a Ray Train TorchTrainer per trial (DDP)"
         if res.mode == "train"
         else "the Tune trial process (no worker group to start)"
     )
+    placed = f", placement {res.placement}" if res.workers > 1 else ""
     lines.append(
         f"per trial: {res.workers} worker(s) x ({res.cpus_per_worker:g} CPU, "
-        f"{res.gpus_per_worker:g} GPU), run in {where}"
+        f"{res.gpus_per_worker:g} GPU){placed}, run in {where}"
     )
     have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
     lines.append(f"cluster: {have} -> {parallel} trial(s) at a time")

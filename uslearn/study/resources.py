@@ -30,6 +30,8 @@ THROUGHPUT: dict[tuple[str, int], float] = {
     ("cuda", 224): 11450.0,
 }
 PACKING_GAIN = 1.46  # aggregate speed of two trials on one GPU relative to one (docs/GPU.md)
+# Ray's placement strategies for the workers of one DDP trial (ScalingConfig.placement_strategy).
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -40,20 +42,26 @@ class Resources:
         workers: DDP processes of one trial (1 = no DDP).
         gpus_per_worker: may be fractional (0.5 packs two single-worker trials per GPU).
         cpus_per_worker: CPU cores per worker (threads for augmentation and the host loop).
+        placement: how Ray places the workers of one trial: ``PACK`` (Ray's default: as few
+            nodes as possible), ``STRICT_SPREAD`` (each worker on its own node), ...
     """
 
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    placement: str = "PACK"
 
     def __post_init__(self):
         if self.workers < 1:
             raise ConfigError(f"workers per trial = {self.workers}: expected >= 1")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+        # Written so that nan fails too (every comparison with nan is False).
+        if not (self.gpus_per_worker >= 0 and self.cpus_per_worker > 0):
             raise ConfigError(
                 f"gpus_per_worker={self.gpus_per_worker}, cpus_per_worker={self.cpus_per_worker}:"
                 " expected GPUs >= 0 and CPUs > 0"
             )
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"placement {self.placement!r}: expected one of {list(PLACEMENTS)}")
         if self.workers > 1 and 0 < self.gpus_per_worker < 1:
             # Two DDP ranks of one trial on one GPU make NCCL fail ("Duplicate GPU detected").
             raise ConfigError(

@@ -44,6 +44,8 @@ class Invocation:
         resume: continue the experiment in ``exp_dir`` instead of starting it.
         max_concurrent: ``--max-concurrent`` (None = what fits).
         options: the plan-shaping flags, saved so that ``--resume`` rebuilds the same plan.
+        command: the command line that started (or resumed) the study, for the parent run's
+            description.
     """
 
     exp_dir: Path
@@ -54,6 +56,7 @@ class Invocation:
     resume: bool
     max_concurrent: int | None
     options: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
 
 
 def new_exp_dir(storage: Path, study: str, profile: str) -> Path:
@@ -253,6 +256,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
     if inv.resume:
         parent = json.loads(state_path.read_text())["parent_run_id"]
         tracking.reopen(inv.tracking_uri, parent)
+        tracking.describe(inv.tracking_uri, parent, description(plan, inv))
     else:
         params = {
             "title": spec.title,
@@ -268,6 +272,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
             "notes": " | ".join(spec.notes) or "none",
         }
         parent = tracking.start_parent(inv.tracking_uri, exp_id, spec.name, tags, params)
+        tracking.describe(inv.tracking_uri, parent, description(plan, inv))
         inv.exp_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "study": spec.name,
@@ -303,11 +308,48 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
     try:
         grid = build_tuner(plan, ctx, inv, parallel).fit()
         frame = results_frame(plan, grid)
+        tracking.log_summary(inv.tracking_uri, parent, summary_metrics(frame))
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
     finally:
         tracking.finish(inv.tracking_uri, parent, status)
     frame.to_csv(inv.exp_dir / "results.csv", index=False)
     return frame
+
+
+def description(plan: Plan, inv: Invocation) -> str:
+    """Return the parent run's description (markdown): the study's title, command and notes."""
+    lines = [f"**{plan.spec.title}**", ""]
+    if inv.command:
+        verb = "resumed with" if inv.resume else "command"
+        lines += [f"{verb}: `{inv.command}`", ""]
+    lines.append(f"profile {plan.profile.name}: {plan.profile.reduces}")
+    lines += [f"note: {n}" for n in plan.spec.notes]
+    return "\n".join(lines)
+
+
+def summary_metrics(frame: pd.DataFrame, metric: str = "test/f1_weighted") -> dict[str, float]:
+    """Return the parent run's per-cell summary: finished seeds, mean and 95 % CI of ``metric``.
+
+    Keys are ``summary/<cell>/test_f1_{n,mean,ci95_low,ci95_high}`` with the cell made a valid
+    MLflow key (``pica lam=0.5`` → ``pica_lam_0.5``); the interval is Student t over the
+    seeds, and a cell with one finished seed has no interval.
+    """
+    from uslearn.metrics import confidence_interval
+
+    name = metric.removeprefix("test/").replace("_weighted", "").replace("/", "_")
+    out: dict[str, float] = {}
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    for cell, group in ok.groupby("cell", sort=False):
+        values = group[metric].dropna().to_numpy(dtype=float)
+        prefix = f"summary/{tracking.metric_key(str(cell))}/test_{name}"
+        out[f"{prefix}_n"] = float(len(values))
+        if len(values) == 0:
+            continue
+        mean, low, high = confidence_interval(values, level=0.95, method="t")
+        out[f"{prefix}_mean"] = mean
+        if len(values) >= 2:
+            out[f"{prefix}_ci95_low"], out[f"{prefix}_ci95_high"] = low, high
+    return out
 
 
 def results_frame(plan: Plan, grid) -> pd.DataFrame:

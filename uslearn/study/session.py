@@ -158,7 +158,8 @@ def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
     from uslearn.study.runner import STATE_FILE, summarise
     from uslearn.study.tracking import ui_hint
 
-    parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
+    state = json.loads((inv.exp_dir / STATE_FILE).read_text())
+    parent = state["parent_run_id"]
     metric = plan.spec.metric
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         if plan.is_search:
@@ -177,6 +178,6 @@ def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
     lines.append(
         f"MLflow: parent run {parent}, experiment '{plan.spec.name}' at {inv.tracking_uri}"
     )
-    lines.append(f"  view: {ui_hint(inv.tracking_uri)}")
+    lines.append(f"  runs table: {ui_hint(inv.tracking_uri, state.get('experiment_id'))}")
     lines.append(f"trials: {inv.exp_dir / 'results.csv'} (outputs in {inv.exp_dir / 'outputs'})")
     return "\n".join(lines)

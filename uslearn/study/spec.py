@@ -317,10 +317,12 @@ def make_plan(
 
     Precedence, lowest first: ``spec.fixed``, the profile's overrides and run length,
     ``overrides`` (command line), then each cell's values and the seed. ``device`` and
-    ``workers`` follow the trial resources.
+    ``workers`` follow the trial resources. So an override of a key that the grid, the
+    search or an arm sets (or of ``seed``, ``device``, ``workers``) would be ignored: it is
+    refused instead.
 
     Raises:
-        ConfigError: unknown profile or a seed count below 1.
+        ConfigError: unknown profile, a seed count below 1, or such an override.
     """
     if profile not in PROFILES:
         raise ConfigError(f"profile '{profile}': expected one of {list(PROFILES)}")
@@ -332,6 +334,8 @@ def make_plan(
     seeds = tuple(spec.seeds[:keep] if keep is not None else spec.seeds)
     spec = _restrict_grid(spec, prof)
     overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        _refuse_overridden(spec, key, value)
     base = {**spec.fixed, **prof.overrides, **overrides}
     if spec.search is not None:
         base["seed"] = seeds[0]  # a search compares configurations, not seeds
@@ -357,6 +361,35 @@ def _restrict_grid(spec: StudySpec, prof: Profile) -> StudySpec:
                 f"which the study's values {list(spec.grid[key])} do not include"
             )
     return dataclasses.replace(spec, grid=grid)
+
+
+def swept_keys(spec: StudySpec) -> dict[str, str]:
+    """Return key -> what sets it per trial (grid, search or arms): values no --set may change."""
+    found = {key: f"sweeps it over its grid {list(values)}" for key, values in spec.grid.items()}
+    if spec.search is not None:
+        found.update({k: f"searches it over {d!r}" for k, d in spec.search.space.items()})
+    for name, arm in spec.arms.items():
+        for key, value in arm.items():
+            found.setdefault(key, f"sets it in its arm '{name}' ({key}={value!r})")
+    return found
+
+
+def _refuse_overridden(spec: StudySpec, key: str, value: Any) -> None:
+    """Raise ConfigError for a ``--set`` that a trial's own values would silently override."""
+    given = f"--set {key}={value!r}"
+    swept = swept_keys(spec).get(key)
+    if swept is not None:
+        raise ConfigError(
+            f"{given}: study '{spec.name}' {swept}, which wins over --set; change the values "
+            "in the study file (or a copy of it) instead"
+        )
+    if key == "seed":
+        raise ConfigError(f"{given}: a study runs its seeds {list(spec.seeds)}; use --seeds N")
+    if key in ("workers", "device"):
+        raise ConfigError(
+            f"{given}: a study sets workers and device from the trial resources; use "
+            "--workers-per-trial and --num-gpus-per-trial"
+        )
 
 
 def _follow(base: Mapping[str, Any], res: Resources) -> dict[str, Any]:

@@ -9,8 +9,13 @@ its existing child run (tag ``trial_id``) instead of opening a duplicate (docs/C
 from __future__ import annotations
 
 import math
+import os
+import re
+import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,9 @@ from uslearn.log import get_logger
 
 log = get_logger(__name__)
 PARAM_BATCH = 100  # MLflow's limit on params per log_batch call
+PROBE_TIMEOUT_S = 5.0
+# Set in the same log_batch as a trial's final metrics: a retried trial logs them only once.
+FINAL_TAG = "final_metrics_logged"
 # What ``uslearn.strategies.run`` writes into its out_dir; only these are uploaded.
 RUN_FILES = (
     "metrics.json",
@@ -53,10 +61,80 @@ def git_sha(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+def probe(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check within seconds that ``tracking_uri`` can be reached and written; return None.
+
+    MLflow's own client retries an unreachable server for minutes before it raises, and a
+    study would only find out after Ray started; this asks once, with a short timeout.
+    Server URIs (``http(s)://``) must answer ``/health`` and the experiments API; a
+    ``sqlite:///`` file must be creatable or writable (a write lock is taken and released);
+    other schemes are left to MLflow.
+
+    Raises:
+        UserError: one line naming the URI and what failed.
+    """
+    scheme = urlparse(tracking_uri).scheme
+    if scheme in ("http", "https"):
+        _probe_server(tracking_uri.rstrip("/"), timeout_s)
+    elif scheme == "sqlite":
+        _probe_sqlite(tracking_uri, timeout_s)
+
+
+def _probe_server(base: str, timeout_s: float) -> None:
+    hint = "start it (make cluster-up, or cluster/head_services.sh mlflow-start) or pass another --mlflow"
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(base + path, timeout=timeout_s) as response:
+                response.read(256)
+        except urllib.error.HTTPError as err:
+            raise UserError(
+                f"MLflow tracking URI {base}: {path.split('?')[0]} answered HTTP {err.code} "
+                f"({err.reason}); is this an MLflow tracking server?"
+            ) from None
+        except (TimeoutError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            what = (
+                f"no answer within {timeout_s:g} s"
+                if "timed out" in str(reason)
+                else f"not reachable ({reason})"
+            )
+            raise UserError(f"MLflow tracking URI {base}: {what}; {hint}") from None
+
+
+def _probe_sqlite(tracking_uri: str, timeout_s: float) -> None:
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    where = f"MLflow tracking URI {tracking_uri}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{where}: cannot create {path.parent} ({err.strerror})") from None
+    if path.exists() and not path.is_file():
+        raise UserError(f"{where}: {path} is not a file")
+    if not os.access(path.parent, os.W_OK):
+        # sqlite writes its journal beside the database.
+        raise UserError(f"{where}: the folder {path.parent} is not writable")
+    existed = path.exists()
+    try:
+        with sqlite3.connect(path, timeout=timeout_s) as db:
+            db.execute("BEGIN IMMEDIATE")  # a write lock: fails on a read-only file
+            db.execute("ROLLBACK")
+            db.execute("PRAGMA schema_version").fetchone()  # fails on a file that is not sqlite
+    except sqlite3.Error as err:
+        raise UserError(
+            f"{where}: {path} cannot be written as an sqlite database ({err})"
+        ) from None
+    finally:
+        if not existed and path.exists() and path.stat().st_size == 0:
+            path.unlink()  # leave no empty file behind; MLflow creates it
+
+
 def client(tracking_uri: str):
     """Return an ``MlflowClient`` for ``tracking_uri`` (the folder of a sqlite file is created)."""
     from mlflow.tracking import MlflowClient
 
+    # MLflow prints "View run/experiment at" links when a run ends on a server; they open the
+    # GenAI overview, not the runs table (see runs_table_url), so the study prints its own.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +183,27 @@ def reopen(tracking_uri: str, run_id: str) -> None:
     except Exception as err:
         raise UserError(f"MLflow run {run_id} is not in {tracking_uri}: {err}") from None
     mlc.update_run(run_id, status="RUNNING")
+
+
+def describe(tracking_uri: str, run_id: str, text: str) -> None:
+    """Set the run's description (the "Description" box of the MLflow UI) to ``text``."""
+    client(tracking_uri).set_tag(run_id, "mlflow.note.content", text)
+
+
+def metric_key(text: str) -> str:
+    """Return ``text`` as a valid MLflow metric key part (``"pica lam=0.5"`` → ``pica_lam_0.5``)."""
+    return re.sub(r"[^\w.\-]+", "_", text).strip("_") or "_"
+
+
+def log_summary(tracking_uri: str, run_id: str, summary: Mapping[str, float]) -> None:
+    """Log the study's summary metrics (see ``runner.summary_metrics``) on the parent run."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in summary.items() if math.isfinite(float(v))]
+    mlc = client(tracking_uri)
+    for start in range(0, len(items), 1000):  # MLflow's limit on metrics per log_batch call
+        mlc.log_batch(run_id, metrics=items[start : start + 1000])
 
 
 def finish(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
@@ -183,6 +282,7 @@ class TrackedRun:
         if parent_id is not None and trial_id is not None:
             existing = find_child(tracking_uri, exp_id, parent_id, trial_id)
         self.last_step = -math.inf
+        self.final_logged = False
         if existing is None:
             study_tags = (
                 {"mlflow.parentRunId": parent_id, "study_run_id": parent_id, "trial_id": trial_id}
@@ -191,12 +291,16 @@ class TrackedRun:
             )
             all_tags = {**study_tags, "uslearn_version": __version__, **tags}
             self.run_id = self.mlc.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+            if parent_id is not None:
+                self.run_id = _one_child(self.mlc, exp_id, parent_id, trial_id, self.run_id)
         else:
             self.run_id = existing
             self.mlc.update_run(existing, status="RUNNING")
             # Evaluations logged before the interruption are replayed from the checkpoint's
             # step on; skip the ones already in MLflow so each step appears once.
-            self.last_step = self.mlc.get_run(existing).data.metrics.get("step", -math.inf)
+            data = self.mlc.get_run(existing).data
+            self.last_step = data.metrics.get("step", -math.inf)
+            self.final_logged = data.tags.get(FINAL_TAG) == "true"
             log.info("trial %s: continuing MLflow run %s", trial_id, existing)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -205,10 +309,12 @@ class TrackedRun:
 
     def log_metrics(self, metrics: Mapping[str, float], final: bool = False) -> None:
         """Log one evaluation's metrics at its ``step`` (all final metrics when ``final``)."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         step = metrics.get("step")
         if not final and step is not None and step <= self.last_step:
+            return
+        if final and self.final_logged:
             return
         now = int(time.time() * 1000)
         # Final (test) metrics carry no step of their own: put them at the last evaluation's.
@@ -219,7 +325,12 @@ class TrackedRun:
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))
         ]
-        self.mlc.log_batch(self.run_id, metrics=items)
+        # One request (one transaction on the server): a retried request carries the same
+        # timestamps, which the server's store takes once, and the tag marks the final
+        # metrics as logged for a retried trial.
+        tags = [RunTag(FINAL_TAG, "true")] if final else []
+        self.mlc.log_batch(self.run_id, metrics=items, tags=tags)
+        self.final_logged = self.final_logged or final
         if step is not None:
             self.last_step = max(self.last_step, step)
 
@@ -237,6 +348,48 @@ class TrackedRun:
     def finish(self, status: str) -> None:
         """End the run with ``status``."""
         self.mlc.set_terminated(self.run_id, status=status)
+
+
+def _one_child(mlc, exp_id: str, parent_id: str, trial_id: str, created: str) -> str:
+    """Return the trial's one child run id, deleting duplicates a retried request created.
+
+    A create request that reached the server just before it restarted is sent again by the
+    client's retries, and MLflow has no idempotent create: keep the oldest run of the trial.
+    """
+    runs = mlc.search_runs(
+        [exp_id],
+        filter_string=f"tags.study_run_id = '{parent_id}' and tags.trial_id = '{trial_id}'",
+        max_results=10,
+    )
+    if len(runs) <= 1:
+        return created
+    keep, *extra = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    for run in extra:
+        mlc.delete_run(run.info.run_id)
+    log.warning("trial %s: deleted %d duplicate MLflow run(s)", trial_id, len(extra))
+    return keep.info.run_id
+
+
+def runs_table_url(base_url: str, experiment_id: str) -> str:
+    """Return the MLflow UI link that opens the experiment's runs table.
+
+    MLflow 3's UI opens an experiment on its GenAI overview unless the browser's "GenAI /
+    Model training" switch was flipped; ``workflowType=machine_learning`` selects the runs
+    table regardless (the experiment tag ``mlflow.experimentKind`` does not).
+    """
+    return (
+        f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    )
+
+
+def ui_hint(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """Return how to open ``tracking_uri``'s runs table (of ``experiment_id``) in the MLflow UI."""
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri if server else "http://127.0.0.1:5000"
+    url = runs_table_url(base, experiment_id) if experiment_id is not None else base
+    if server:
+        return f"open {url}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then open {url}"
 
 
 def tracked_run(
@@ -279,10 +432,3 @@ def tracked_run(
         tracked.log_artifacts(out_dir)
         tracked.finish("FINISHED")
     return final
-
-
-def ui_hint(tracking_uri: str) -> str:
-    """Return the command that shows ``tracking_uri`` in the MLflow UI."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)"

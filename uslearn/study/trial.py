@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the loop imports torch; the study driver process never need
     from uslearn.strategies.loop import OnEvaluation
 
 log = get_logger(__name__)
+DDP_BACKEND_ENV = "USLEARN_DDP_BACKEND"  # read by the trial's driver on the head node
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def run_logged(
     report: OnEvaluation,
     resume_dir: str | None,
     rank: int = 0,
+    node_tags: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Run one strategy to the end, logging to the child run on rank 0; return final metrics.
 
@@ -120,7 +122,9 @@ def run_logged(
         report: forwards ``(metrics, checkpoint_dir)`` to Tune or Train.
         resume_dir: directory of the restored checkpoint, or None for a fresh start.
         rank: DDP rank of this process (0 for in-process trials).
+        node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
+    from uslearn.data.staging import staged_dataset
     from uslearn.study.tracking import TrackedRun, finished_metrics, run_params, tracked_run
 
     flat = ctx.plan.trial_config(tune_config)
@@ -131,6 +135,9 @@ def run_logged(
         log.info("trial %s finished before the study was interrupted; not run again", trial_id)
         report(for_tune(done), None)
         return done
+    # A node-local copy of the image store when $USLEARN_STAGE_DIR asks for one (before the
+    # child run opens: a trial that cannot stage fails without a run left RUNNING).
+    data_path = staged_dataset(ctx.data_path, ctx.fingerprint)
     child = None
     if rank == 0:
         cell = tune_config.get("cell", ctx.plan.cells[0].name)
@@ -144,15 +151,16 @@ def run_logged(
             trial_id=trial_id,
         )
         child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name))
-        child.set_tags({"out_dir": str(out_dir)})
+        child.set_tags({"out_dir": str(out_dir), **(node_tags or {})})
+        if resume_dir is not None:
+            # A retried trial (its process or node died) or a resumed study: say from where.
+            child.set_tags({"resumed_from": str(follow_pointer(resume_dir))})
 
     def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         report(for_tune(metrics), pointer_checkpoint(checkpoint_dir) if checkpoint_dir else None)
 
     # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
-    final = tracked_run(
-        child, flat, ctx.data_path, out_dir, on_evaluation, follow_pointer(resume_dir)
-    )
+    final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
     if child is not None:
         # A finished trial is never resumed, and its weights are now an MLflow artifact:
         # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
@@ -167,6 +175,7 @@ def run_logged(
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune trainable: run the trial in this process or through a TorchTrainer."""
+    import ray
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -179,8 +188,27 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report(metrics, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
+    node = {"node_id/rank0": ray.get_runtime_context().get_node_id()}
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run_logged(ctx, config, trial_id, report, resume_dir)
+        run_logged(ctx, config, trial_id, report, resume_dir, node_tags=node)
+
+
+def worker_node_tags(rank: int) -> dict[str, str]:
+    """Return ``{"node_id/rank<r>": <Ray node id>}`` for every rank of this Train worker group.
+
+    A collective over the trial's process group: every rank must call it.
+    """
+    import ray
+    import torch.distributed as dist
+
+    own = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return {f"node_id/rank{rank}": own}
+    every: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, own)
+    tags = {f"node_id/rank{r}": str(node) for r, node in enumerate(every)}
+    tags["worker_nodes"] = str(len(set(every)))
+    return tags
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -192,6 +220,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     rank = ray.train.get_context().get_world_rank()
+    nodes = worker_node_tags(rank)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         run_logged(
@@ -201,13 +230,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             report,
             resume_dir,
             rank=rank,
+            node_tags=nodes,
         )
 
 
 def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> None:
     """Run the trial as a Ray Train job named after the trial id (so a retry resumes it)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = ctx.plan.resources
@@ -221,7 +251,11 @@ def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> No
             num_workers=res.workers,
             use_gpu=res.gpus_per_worker > 0,
             resources_per_worker=per_worker,
+            placement_strategy=res.placement,
         ),
+        # None: NCCL with GPUs, gloo without. A cluster whose GPUs are scheduling resources
+        # only (the local rehearsal's fake GPUs have no CUDA) sets USLEARN_DDP_BACKEND=gloo.
+        torch_config=TorchConfig(backend=os.environ.get(DDP_BACKEND_ENV) or None),
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=ctx.train_storage,
