@@ -14,12 +14,8 @@ import pandas as pd
 import pytest
 
 from uslearn.data.dataset import CLASSES, PARTIAL_MARKER, Dataset, DatasetError
-from uslearn.data.writer import (
-    DatasetWriter,
-    check_target,
-    clean_leftovers,
-    rename_noreplace,
-)
+from uslearn.data.target import check_target, clean_leftovers, rename_noreplace
+from uslearn.data.writer import DatasetWriter
 
 
 def manifest(n):

@@ -18,7 +18,7 @@ from pathlib import Path
 from uslearn.config import load_yaml
 from uslearn.data.cli import add_verify_data
 from uslearn.data.dataset import Dataset
-from uslearn.data.writer import normalise, target_lock
+from uslearn.data.target import normalise, target_lock
 from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
 from uslearn.strategies.registry import STRATEGY_NAMES, config_classes, resolved_config
 from uslearn.study.tracking import RUN_FILES

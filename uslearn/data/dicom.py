@@ -32,21 +32,17 @@ from uslearn.data.images import (
     to_uint8,
 )
 from uslearn.data.importers import ImportSettings, check_size, settings_report
-from uslearn.data.ingest import (
-    FILTER_REASONS,
-    Item,
-    Outcome,
-    Rejection,
-    StoreAppender,
-    Workers,
-    check_rejected_path,
-    decode_all,
-    default_rejected_path,
-    finish_import,
-)
+from uslearn.data.ingest import Item, Outcome, StoreAppender, Workers, decode_all, finish_import
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
-from uslearn.data.writer import DatasetWriter, check_target
+from uslearn.data.rejected import (
+    FILTER_REASONS,
+    Rejection,
+    check_rejected_path,
+    default_rejected_path,
+)
+from uslearn.data.target import check_target
+from uslearn.data.writer import DatasetWriter
 from uslearn.log import progress
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

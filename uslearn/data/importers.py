@@ -17,19 +17,12 @@ import numpy as np
 
 from uslearn.data.dataset import CLASSES, MAX_SIZE, MIN_SIZE, DatasetError
 from uslearn.data.images import IMAGE_SUFFIXES, ImageRejected, Preprocess, prepare, read_image_file
-from uslearn.data.ingest import (
-    Item,
-    Outcome,
-    StoreAppender,
-    Workers,
-    check_rejected_path,
-    decode_all,
-    default_rejected_path,
-    finish_import,
-)
+from uslearn.data.ingest import Item, Outcome, StoreAppender, Workers, decode_all, finish_import
 from uslearn.data.labels_csv import read_labels_csv
 from uslearn.data.pseudonym import pseudonym
-from uslearn.data.writer import DatasetWriter, check_target
+from uslearn.data.rejected import check_rejected_path, default_rejected_path
+from uslearn.data.target import check_target
+from uslearn.data.writer import DatasetWriter
 
 
 @dataclass(frozen=True)
@@ -41,7 +34,7 @@ class ImportSettings:
         workers: decoding processes (1 decodes in this process).
         skip_bad: skip unreadable/invalid items and list them instead of stopping at the first.
         overwrite: replace an existing dataset at the output path (only once complete, and
-            only a uslearn dataset: ``uslearn.data.writer.check_target``).
+            only a uslearn dataset: ``uslearn.data.target.check_target``).
         splits: keyword arguments of ``uslearn.data.splits.assign_splits`` (val, test,
             labelled, seed) for the rows whose split the CSV does not give.
         rejected: where to write the rejected list; None = ``<out>.rejected.csv``.

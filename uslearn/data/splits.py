@@ -28,7 +28,7 @@ from uslearn.data.dataset import (
     integrity_meta,
     validate_manifest,
 )
-from uslearn.data.writer import normalise, target_lock
+from uslearn.data.target import normalise, target_lock
 
 GIVEN = "split_given"  # manifest column: True where the split came from the user's CSV
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uslearn.log import get_logger
+from uslearn.study.memory import release_freed_memory
 from uslearn.study.spec import Plan
 
 if TYPE_CHECKING:  # the loop imports torch; the study driver process never needs it
@@ -189,8 +190,12 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     checkpoint = tune.get_checkpoint()
     node = {"node_id/rank0": ray.get_runtime_context().get_node_id()}
-    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run_logged(ctx, config, trial_id, report, resume_dir, node_tags=node)
+    try:
+        with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+            run_logged(ctx, config, trial_id, report, resume_dir, node_tags=node)
+    finally:
+        # This process runs the next trial too: give back what this one freed (memory.py).
+        release_freed_memory()
 
 
 def worker_node_tags(rank: int) -> dict[str, str]:
