@@ -21,6 +21,9 @@ _AT_INIT_AND_FRACTION = ("init_kind", "label_fraction")
 # (name, arm column, arm a, arm b, grouping columns): a − b is reported within each group.
 COMPARISONS = (
     ("LSD vs PICA", "strategy", "lsd", "pica", ("lam",)),
+    # Beyond the paper: IIC (no λ) against each paper method, paired by seed alone.
+    ("IIC vs LSD", "strategy", "iic", "lsd", ()),
+    ("IIC vs PICA", "strategy", "iic", "pica", ()),
     ("Two-Head vs One-Head", "strategy", "fixmatch_two", "fixmatch_one", _AT_INIT_AND_FRACTION),
     # Fig. 6 right: semi-supervised against supervised at the same init and label fraction.
     ("Two-Head vs supervised", "strategy", "fixmatch_two", "supervised", _AT_INIT_AND_FRACTION),

@@ -119,6 +119,19 @@ def test_standard_comparisons_find_the_contrasts_the_runs_allow():
     assert table["group"].tolist() == ["lam=2"]
 
 
+def test_iic_is_compared_with_each_paper_method_by_seed():
+    values = {("lsd", 2.0): [0.60, 0.62, 0.65], ("pica", 2.0): [0.55, 0.60, 0.58]}
+    iic = [0.50, 0.61, 0.57]
+    frame = runs_frame({**values, ("iic", np.nan): iic})  # IIC has no λ
+    table = standard_comparisons(frame).set_index("comparison")
+    assert table.loc["IIC vs LSD", "group"] == "all runs"
+    assert table.loc["IIC vs LSD", "p_t"] == pytest.approx(
+        sps.ttest_rel(iic, values[("lsd", 2.0)]).pvalue
+    )
+    pica = values[("pica", 2.0)]
+    assert table.loc["IIC vs PICA", "mean_diff"] == pytest.approx(np.mean(iic) - np.mean(pica))
+
+
 def test_semi_supervised_is_compared_with_supervised_at_the_same_init_and_fraction():
     rows = []
     for strategy, offset in (("fixmatch_two", 0.05), ("supervised", 0.0)):
