@@ -5,7 +5,7 @@ assigns each test image to its argmax cluster and prints, per method (mean over 
 of the clusters with the target (the label combination of Algorithm 1), with the phantom's
 nuisance factors (``vendor``: the simulated scanner; ``view``: the standard plane), and the
 balance of the cluster sizes (entropy / log K; 1 = all clusters the same size) next to the
-balance of the true label combinations. docs/RESULTS.md uses it to explain why PICA and LSD do
+balance of the true label combinations (per λ too when the study sweeps it). docs/RESULTS.md uses it to explain why PICA and LSD do
 not separate on the phantom.
 
     python benchmarks/cluster_factors.py --study unsupervised_table \
@@ -70,6 +70,7 @@ def main() -> None:
             rows.append(
                 {
                     "strategy": run["strategy"],
+                    "lam": run.get("lam", float("nan")),
                     "seed": run["seed"],
                     **{f"NMI {name}": metrics.nmi(v, clusters) for name, v in factors.items()},
                     "cluster balance": balance(clusters, k),
@@ -79,7 +80,10 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format="%.3f"))
     print()
-    print(table.drop(columns="seed").groupby("strategy").mean().to_string(float_format="%.3f"))
+    # Per method, and per λ when the study sweeps it (IIC has none).
+    keys = ["strategy", "lam"] if table["lam"].nunique() > 1 else ["strategy"]
+    means = table.drop(columns=["seed", *{"lam"} - set(keys)]).groupby(keys, dropna=False).mean()
+    print(means.to_string(float_format="%.3f"))
 
 
 if __name__ == "__main__":
