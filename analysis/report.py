@@ -4,8 +4,9 @@ What applies is read from the runs, not from the study's name: a strategy knob (
 float field of the configs) that takes several values within a strategy gets a sensitivity
 plot (λ is Fig. 5), runs of the clustering family give Table 1, label fractions with two or
 more arms give Fig. 6, runs of the other families (they predict labels) give Table 2, arms
-sharing seeds give paired tests, and a clustering checkpoint plus a dataset give the t-SNE
-figure. Families come from the runs' ``family`` param (``analysis.runs``).
+sharing seeds give paired tests, a clustering checkpoint plus a dataset give the t-SNE
+figure, and the best run's logged model plus the dataset give Fig. 7. Families come from the
+runs' ``family`` param (``analysis.runs``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, stats, tables, tsne
+from analysis import figures, gallery, stats, tables, tsne
 from analysis.runs import load, parent_run
 from uslearn.errors import UserError
 from uslearn.log import get_logger
@@ -102,7 +103,8 @@ def build_report(
         method, level: confidence interval of Fig. 6 and the summary (``"t"``/``"bootstrap"``).
         invocation: which parent run (see ``analysis.runs.load``).
         checkpoint, dataset: inputs of the t-SNE figure; by default the best clustering run's
-            ``.pt`` artifact and the dataset path it logged, when both can be found.
+            kept weights and the dataset path it logged, when both can be found. The
+            dataset's test split also gives Fig. 7 (the best run's model on it).
         log_to_mlflow: log ``out_dir`` to the parent run as artifacts under ``report/``.
 
     Returns:
@@ -147,6 +149,11 @@ def build_report(
         _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
     except UserError as err:
         report.notes.append(f"t-SNE (Fig. 2 right) left out: {err}")
+    if not scored.empty:
+        try:
+            _fig7_section(scored, out, dataset, tracking_uri, parent, report)
+        except UserError as err:
+            report.notes.append(f"Fig. 7 left out: {err}")
     report.html.write_text(
         render_html(study, frame, parent, report, tracking_uri), encoding="utf-8"
     )
@@ -307,21 +314,23 @@ def _key_text(value: object) -> str:
 def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report) -> None:
     """Add the t-SNE figure when a clustering checkpoint and a dataset are at hand.
 
-    Defaults: the ``best.pt`` artifact of the best clustering run and the dataset directory
-    logged by the study (the parent's ``dataset`` param), when it exists on this machine.
+    Defaults: the kept weights (``best.pt`` of its MLflow model) of the best clustering run
+    and the dataset directory logged by the study (the parent's ``dataset`` param), when it
+    exists on this machine.
     """
+    from uslearn.paths import default_tracking_uri
+    from uslearn.study.logged_models import run_weights
+
     clustering = frame[frame["family"] == "clustering"]
     if checkpoint is None and dataset is None and clustering.empty:
         return
     run = select_best(clustering)[0] if not clustering.empty else None
-    if dataset is None:
-        logged = [parent["params"].get(p) for p in DATASET_PARAMS]
-        logged += [run.get(p) for p in DATASET_PARAMS] if run is not None else []
-        dataset = next((d for d in logged if isinstance(d, str) and Path(d).is_dir()), None)
+    dataset = dataset or _logged_dataset(parent, run)
     source = str(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None and run is not None:
-            checkpoint = _find_checkpoint(run, tracking_uri, Path(tmp))
+            uri = tracking_uri or default_tracking_uri()
+            checkpoint = run_weights(uri, run["run_id"], Path(tmp))
             source = f"{getattr(checkpoint, 'name', '')} of run {run['run_id']}"
         if checkpoint is None or dataset is None:
             report.notes.append(
@@ -336,24 +345,28 @@ def _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
     report.sections.append(Section(title, caption, figures.save(fig, out, "fig2_tsne")))
 
 
-def _find_checkpoint(run: pd.Series, tracking_uri: str | None, tmp: Path) -> Path | None:
-    """Return a local copy of the run's ``best.pt`` (else first ``.pt``) artifact, or None."""
-    from mlflow.tracking import MlflowClient
+def _logged_dataset(parent: dict, run: pd.Series | None) -> str | None:
+    """Return the dataset directory the study (or ``run``) logged, if it exists here."""
+    logged = [parent["params"].get(p) for p in DATASET_PARAMS]
+    logged += [run.get(p) for p in DATASET_PARAMS] if run is not None else []
+    return next((d for d in logged if isinstance(d, str) and Path(d).is_dir()), None)
 
-    from uslearn.paths import default_tracking_uri
 
-    client = MlflowClient(tracking_uri or default_tracking_uri())
-    pending, found = [None], []
-    while pending:
-        for item in client.list_artifacts(run["run_id"], pending.pop()):
-            if item.is_dir:
-                pending.append(item.path)
-            elif item.path.endswith(".pt"):
-                found.append(item.path)
-    if not found:
-        return None
-    best = next((p for p in found if Path(p).name == "best.pt"), found[0])
-    return Path(client.download_artifacts(run["run_id"], best, str(tmp)))
+def _fig7_section(frame, out, dataset, tracking_uri, parent, report) -> None:
+    """Add Fig. 7 (correct and incorrect test predictions) of the best run's logged model."""
+    run, metric = select_best(frame)
+    dataset = dataset or _logged_dataset(parent, run)
+    if dataset is None:
+        report.notes.append("Fig. 7 left out: no dataset directory found; pass --dataset")
+        return
+    try:
+        files, caption = gallery.fig7_of_run(run["run_id"], tracking_uri, dataset, out)
+    except UserError as err:
+        report.notes.append(f"Fig. 7 left out: {err}")
+        return
+    caption += f" Run chosen by {metric}: {tables.describe_run(run)}."
+    title = "Fig. 7: correct and incorrect test predictions of the best model"
+    report.sections.append(Section(title, caption, files))
 
 
 def render_html(
@@ -444,7 +457,7 @@ def _shown(value: object) -> str:
 def _runs_link(parent: dict, tracking_uri: str | None) -> str:
     """Return a paragraph that opens the study's runs in the MLflow UI (the runs table)."""
     from uslearn.paths import default_tracking_uri
-    from uslearn.study.tracking import runs_table_url, ui_hint
+    from uslearn.study.tracking_uri import runs_table_url, ui_hint
 
     uri = tracking_uri or default_tracking_uri()
     experiment = parent.get("experiment_id")

@@ -1,6 +1,6 @@
 """What do a study's clusters capture on the phantom: organs, or the scanner and the view?
 
-For every finished clustering run of a study, loads its kept model (the ``best.pt`` artifact),
+For every finished clustering run of a study, loads its kept model (``best.pt``: the run's logged model, else its artifact),
 assigns each test image to its argmax cluster and prints, per method (mean over runs), the NMI
 of the clusters with the target (the label combination of Algorithm 1), with the phantom's
 nuisance factors (``vendor``: the simulated scanner; ``view``: the standard plane), and the
@@ -27,6 +27,7 @@ from uslearn import metrics, models
 from uslearn.data.dataset import Dataset
 from uslearn.strategies.common import Rows
 from uslearn.strategies.evaluation import predict_logits
+from uslearn.study.logged_models import run_weights
 
 
 def balance(assignments: np.ndarray, k: int) -> float:
@@ -43,19 +44,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/demo"))
     args = parser.parse_args()
 
-    from mlflow.tracking import MlflowClient
-
     data = Dataset.open(args.data)
     frame = load(args.study, tracking_uri=args.tracking_uri)
     frame = frame[frame["family"] == "clustering"]
-    client = MlflowClient(args.tracking_uri)
     manifest = data.manifest
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for _, run in frame.iterrows():
             split = Rows.of(data, float(run["label_fraction"]), int(run["seed"]))
             combos = metrics.label_combinations(data.labels[split.labelled], min_count=2)
-            path = client.download_artifacts(run["run_id"], "best.pt", f"{tmp}/{run['run_id']}")
+            path = run_weights(args.tracking_uri, run["run_id"], f"{tmp}/{run['run_id']}")
+            if path is None:
+                raise SystemExit(f"run {run['run_id']}: no kept weights (best.pt) logged")
             network, config = models.load_network(path, head="cluster")
             clusters = predict_logits(
                 network, data, split.test, "cluster", config["image_size"], torch.device("cpu")

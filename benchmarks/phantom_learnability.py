@@ -31,7 +31,8 @@ import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
-from uslearn.data.dataset import CLASSES, Dataset, DatasetWriter
+from uslearn.data.dataset import CLASSES, Dataset
+from uslearn.data.writer import DatasetWriter
 from uslearn.phantom import TRUTH, ensure_phantom
 from uslearn.phantom.baselines import texture_features, thumbnail_features
 from uslearn.strategies.evaluation import test_report as report_with_val_thresholds

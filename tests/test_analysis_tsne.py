@@ -10,7 +10,8 @@ from test_analysis_factories import log_study, new_store, scratch_dir, trial_met
 from analysis.figures import save
 from analysis.report import build_report
 from analysis.tsne import combination_names, embed, extract_features, tsne_figure
-from uslearn.data.dataset import CLASSES, DatasetWriter
+from uslearn.data.dataset import CLASSES
+from uslearn.data.writer import DatasetWriter
 from uslearn.errors import UserError
 
 N_TEST, SIZE = 16, 32

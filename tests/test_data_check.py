@@ -7,9 +7,10 @@ from PIL import Image
 
 from uslearn.cli import main
 from uslearn.data.check import check_dataset
-from uslearn.data.dataset import CLASSES, MANIFEST, SPLITS, Dataset, DatasetWriter
+from uslearn.data.dataset import CLASSES, MANIFEST, SPLITS, Dataset
 from uslearn.data.duplicates import cross_split_duplicates
 from uslearn.data.gallery import pick_samples
+from uslearn.data.writer import DatasetWriter
 
 SIZE = 32
 

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from uslearn.data.dataset import CLASSES, Dataset, DatasetError, DatasetWriter
+from uslearn.data.dataset import CLASSES, Dataset, DatasetError
 from uslearn.data.splits import assign_splits, labelled_rows, labelled_subset, split_counts
+from uslearn.data.writer import DatasetWriter
 
 
 def make_manifest(n_patients=30, exams_per_patient=2, images_per_exam=3, labelled_patients=20):

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from uslearn.data.dataset import CLASSES, Dataset, DatasetError, DatasetWriter
+from uslearn.data.dataset import CLASSES, Dataset, DatasetError
+from uslearn.data.writer import DatasetWriter
 
 
 def make_manifest(n: int) -> pd.DataFrame:

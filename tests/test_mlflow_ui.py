@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from uslearn.study import StudySpec
-from uslearn.study.tracking import runs_table_url
+from uslearn.study.tracking_uri import runs_table_url
 from uslearn.study_cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import uslearn.data
-from uslearn.data.dataset import CLASSES, Dataset, DatasetError, DatasetWriter
+from uslearn.data.dataset import CLASSES, Dataset, DatasetError
+from uslearn.data.writer import DatasetWriter
 from uslearn.phantom import PRESETS, TRUTH, ensure_phantom, generate_phantom
 from uslearn.phantom.cli import register
 from uslearn.phantom.exams import EXAM_TYPES, assign_splits, plan_exams

@@ -149,6 +149,7 @@ def test_a_bad_torch_file_is_one_line_without_torchs_advice(bad_torch_files, nam
     assert load_file(bad_torch_files / "good.pt")["config"] == {"lam": 2.0}
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_any_random_bytes_give_the_one_line_error(tmp_path):
     """Random bytes reach many states of torch's restricted unpickler (IndexError from an
     empty mark stack was one that escaped as a traceback in CI); all must give one line."""

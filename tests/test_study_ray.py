@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from uslearn.study import StudySpec
+from uslearn.study.logged_models import run_weights
 from uslearn.study_cli import load_study, main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -93,6 +94,7 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
     )
     assert main(spec, str(tmp_path / "probe_grid.py"), study_argv(tmp_path, tiny)) == 0
     client, parents, children = runs_of(tmp_path, "probe_grid")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (parent,) = parents
     assert parent.info.run_name == "probe_grid" and parent.info.status == "FINISHED"
     for tag in ("git_sha", "dataset_fingerprint", "uslearn_version", "study_file"):
@@ -122,7 +124,11 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
         assert 0 <= child.data.metrics["test/f1_weighted"] <= 1
         assert "test/f1/liver" in child.data.metrics and "test/nmi" in child.data.metrics
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"metrics.json", "best.pt", "per_class.csv", "cluster_labels.csv"} <= artifacts
+        assert {"metrics.json", "per_class.csv", "cluster_labels.csv"} <= artifacts
+        # The kept weights are stored once: in the run's logged model, not as an artifact.
+        assert "best.pt" not in artifacts and "model_error" not in tags
+        weights = run_weights(uri, child.info.run_id, tmp_path / "weights" / child.info.run_id)
+        assert weights.name == "best.pt" and weights.stat().st_size > 1e6
     # Finished trials keep their small files; the weights live in MLflow only.
     (outputs,) = (tmp_path / "studies" / "probe_grid").glob("*/outputs")
     assert len(list(outputs.glob("*/metrics.json"))) == 4 and not list(outputs.rglob("*.pt"))

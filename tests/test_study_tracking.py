@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from uslearn.errors import UserError
-from uslearn.study import StudySpec, tracking
+from uslearn.study import StudySpec, tracking, tracking_uri
 from uslearn.study.runner import summary_metrics
 from uslearn.study_cli import main
 
@@ -30,7 +30,7 @@ def test_an_unreachable_server_fails_the_probe_in_seconds_with_one_line():
     uri = f"http://127.0.0.1:{closed_port()}"
     start = time.monotonic()
     with pytest.raises(UserError) as err:
-        tracking.probe(uri, timeout_s=3)
+        tracking_uri.probe(uri, timeout_s=3)
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert "\n" not in message and uri in message and "not reachable" in message
@@ -44,7 +44,7 @@ def test_a_server_that_never_answers_fails_the_probe_at_its_timeout():
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         start = time.monotonic()
         with pytest.raises(UserError, match="no answer within 2 s"):
-            tracking.probe(uri, timeout_s=2)
+            tracking_uri.probe(uri, timeout_s=2)
         assert time.monotonic() - start < 8
 
 
@@ -52,16 +52,16 @@ def test_an_unwritable_sqlite_uri_fails_the_probe(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot create"):
-        tracking.probe(f"sqlite:///{blocker / 'mlflow.db'}")
+        tracking_uri.probe(f"sqlite:///{blocker / 'mlflow.db'}")
     not_sqlite = tmp_path / "notes.db"
     not_sqlite.write_text("plain text, not a database " * 100)
     with pytest.raises(UserError, match="cannot be written as an sqlite database"):
-        tracking.probe(f"sqlite:///{not_sqlite}")
+        tracking_uri.probe(f"sqlite:///{not_sqlite}")
 
 
 def test_a_new_sqlite_uri_passes_the_probe_and_leaves_no_file(tmp_path):
     path = tmp_path / "deeper" / "mlflow.db"
-    tracking.probe(f"sqlite:///{path}")
+    tracking_uri.probe(f"sqlite:///{path}")
     assert path.parent.is_dir() and not path.exists()
 
 
@@ -137,10 +137,10 @@ def test_a_duplicate_child_run_from_a_retried_create_is_removed(tmp_path):
 
 
 def test_links_open_the_runs_table():
-    url = tracking.runs_table_url("http://127.0.0.1:5000/", "7")
+    url = tracking_uri.runs_table_url("http://127.0.0.1:5000/", "7")
     assert url == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
-    assert tracking.ui_hint("http://h:5000", "7") == f"open {url.replace('127.0.0.1', 'h')}"
-    local = tracking.ui_hint("sqlite:////x/mlflow.db", "3")
+    assert tracking_uri.ui_hint("http://h:5000", "7") == f"open {url.replace('127.0.0.1', 'h')}"
+    local = tracking_uri.ui_hint("sqlite:////x/mlflow.db", "3")
     assert "mlflow ui --backend-store-uri sqlite:////x/mlflow.db" in local
     assert "#/experiments/3/runs?workflowType=machine_learning" in local
 

@@ -16,9 +16,10 @@ from uslearn.log import configure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with the data, train, study and report sub-commands."""
+    """Return the top-level parser with every sub-command (data, train, study, report, and
+    register, predict, curate: using a trained model)."""
     from analysis import cli as report_cli
-    from uslearn import study_cli, train_cli
+    from uslearn import predict_cli, study_cli, train_cli
     from uslearn.data import cli as data_cli
     from uslearn.phantom import cli as phantom_cli
 
@@ -34,12 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-v: debug)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="{data,train,study,report}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{data,train,study,report,register,predict,curate}"
+    )
     sub.required = True
     phantom_cli.register(data_cli.register(sub))
     train_cli.register(sub)
     study_cli.register(sub)
     report_cli.register(sub)
+    predict_cli.register(sub)
     return parser
 
 

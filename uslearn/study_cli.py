@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import math
 import shlex
 import sys
@@ -108,6 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-report", action="store_true", help="skip the analysis report at the end"
+    )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial by validation F1 as models:/NAME/<next version>",
     )
 
 
@@ -258,7 +264,7 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
         print(dryrun.describe(plan, cluster, counts, per_exam, args.max_concurrent))
         return 0
     from uslearn.study.runner import Invocation, execute, new_exp_dir
-    from uslearn.study.tracking import probe
+    from uslearn.study.tracking_uri import probe
 
     # Seconds, before Ray starts and before a phantom is generated (MLflow's own retries take
     # minutes to give up on an unreachable server).
@@ -288,17 +294,25 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
     print(session.footer(plan, inv, frame))
     if not args.no_report:
         print("\n".join(report_lines(spec.name, inv)))
+    if args.register:  # after the report: a refused registration loses nothing
+        from uslearn.study.logged_models import register_best
+
+        print(register_best(inv.tracking_uri, parent_run_id(inv), args.register))
     return 0 if (frame["status"] == "ok").all() else 1
+
+
+def parent_run_id(inv) -> str:
+    """Return the MLflow parent run id of a study invocation (from its state file)."""
+    from uslearn.study.runner import STATE_FILE
+
+    return json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
 
 
 def report_lines(study: str, inv) -> list[str]:
     """Write the analysis report of this invocation; return the lines naming its files."""
-    import json
-
     from analysis.report import build_report
-    from uslearn.study.runner import STATE_FILE
 
-    parent = json.loads((inv.exp_dir / STATE_FILE).read_text())["parent_run_id"]
+    parent = parent_run_id(inv)
     try:
         report = build_report(
             study,

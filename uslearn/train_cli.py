@@ -48,8 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train one strategy on a dataset directory and evaluate it as the paper does: thresholds "
             "fitted on validation, per-class precision/recall/F1 on test. Writes metrics.json, "
-            "thresholds.json, per_class.csv, best.pt and checkpoint/ into --out: a new or empty folder, or "
-            "an earlier run's with --resume (same config; only the length may change) or --overwrite. "
+            "thresholds.json, per_class.csv, best.pt, package.json (--out is then a model package "
+            "that 'uslearn predict --model' takes) and checkpoint/ into --out: a new or empty folder, "
+            "or an earlier run's with --resume (same config; only the length may change) or "
+            "--overwrite. With --mlflow the run logs the package as its MLflow model "
+            "(runs:/RUN_ID/model). "
             "Exit 2 for bad input, 1 for a fault of the machine (disk full, permission denied)."
         ),
     )
@@ -132,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_init(resolved["init"])
     check_out(args.out, args.resume, args.overwrite)
     if args.mlflow is not None:
-        from uslearn.study.tracking import probe
+        from uslearn.study.tracking_uri import probe
 
         probe(args.mlflow)  # seconds, not MLflow's minutes of retries, for a wrong URI
     data = Dataset.open(args.data)
@@ -166,6 +169,10 @@ def _fit(
     else:
         run_name = f"{args.strategy}-seed{resolved['seed']}"
         final = _run_tracked(args, config, data, run_name, show, resume_from)
+    from uslearn.inference.package import PACKAGE_JSON, write_package
+
+    if not (args.out / PACKAGE_JSON).is_file():  # a tracked run wrote it when logging its model
+        write_package(args.out, data)  # --out is a model package ('uslearn predict --model')
     import pandas as pd
 
     report = pd.read_csv(args.out / "per_class.csv", index_col="class")

@@ -76,10 +76,21 @@ def _add_split_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
+    """Return the cores this process may run on (the default of every --workers)."""
     if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def add_salt(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """Add ``--salt`` and ``--insecure-default-salt`` (see ``pseudonym.resolve_salt``)."""
+    parser.add_argument("--salt", help=f"{when}pseudonymisation secret (default: $USLEARN_SALT)")
+    parser.add_argument(
+        "--insecure-default-salt",
+        action="store_true",
+        help=f"{when}use the public default salt (test data only: pseudonyms can be recomputed)",
+    )
 
 
 def _add_common_import(parser: argparse.ArgumentParser) -> None:
@@ -87,16 +98,11 @@ def _add_common_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, default=224, help="stored image side in pixels (default 224)"
     )
-    parser.add_argument("--salt", help="pseudonymisation secret (default: $USLEARN_SALT)")
-    parser.add_argument(
-        "--insecure-default-salt",
-        action="store_true",
-        help="use the public default salt (test data only: pseudonyms can be recomputed)",
-    )
+    add_salt(parser)
     parser.add_argument(
         "--workers",
         type=int,
-        default=_available_cores(),
+        default=available_cores(),
         help="decoding processes (default: all available cores)",
     )
     parser.add_argument(
@@ -335,7 +341,7 @@ def _add_locate(data_sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--salt", help="the import's salt (default: $USLEARN_SALT)")
     parser.add_argument("--insecure-default-salt", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=_available_cores(), help="header readers")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="header readers")
     parser.set_defaults(func=_run_locate)
 
 

@@ -298,13 +298,3 @@ def validate_manifest(manifest: pd.DataFrame, where: str = "manifest") -> None:
         raise DatasetError(
             f"{where}: image_id '{manifest['image_id'].iloc[row]}' appears twice (row {row})"
         )
-
-
-def __getattr__(name: str):
-    # DatasetWriter moved to uslearn.data.writer; this keeps ``from uslearn.data.dataset import
-    # DatasetWriter`` working (a plain import here would be circular).
-    if name == "DatasetWriter":
-        from uslearn.data.writer import DatasetWriter
-
-        return DatasetWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

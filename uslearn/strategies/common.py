@@ -117,7 +117,7 @@ class MultilabelScoring(Scoring):
 
     def scores(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
         """Return the (N, C) sigmoid scores of the ``multilabel`` head."""
-        return 1.0 / (1.0 + np.exp(-self.logits(model, rows, "multilabel")))
+        return evaluation.sigmoid(self.logits(model, rows, "multilabel"))
 
     def validate(self, model: torch.nn.Module) -> float:
         """Return the weighted F1 on validation (thresholds fitted on validation)."""

@@ -22,6 +22,40 @@ EVAL_BATCH = 256
 
 
 @torch.no_grad()
+def forward(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    size: int,
+    device: torch.device,
+    amp_dtype=None,
+    features: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Return every head's (B, n) float32 logits (on the CPU) for a batch of stored images.
+
+    The one forward pass of evaluation and of ``uslearn predict`` (no augmentation, the
+    run's precision), so both give the same scores.
+
+    Args:
+        model: a ``uslearn.models.Network`` in eval mode (not wrapped in DDP or compile).
+        images: (B, S, S) uint8 stored images, on ``device`` or the CPU.
+        size: the side the network sees (``augment.to_input`` resizes the stored images).
+        features: also return the (B, 512) backbone features under ``"features"``.
+    """
+    x = augment.to_input(images.to(device, non_blocking=True), size)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        feats = model.features(x)  # (B, 512)
+        batch = {**model.head(feats), **({"features": feats} if features else {})}
+    return {name: value.float().cpu() for name, value in batch.items()}
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Return the per-class scores of a sigmoid head's logits (one expression everywhere)."""
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+@torch.no_grad()
 def predict(
     model: torch.nn.Module,
     data: Dataset,
@@ -42,16 +76,9 @@ def predict(
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(rows), EVAL_BATCH):
-        x = augment.to_input(
-            load_batch(data.images, rows[start : start + EVAL_BATCH], device=device), size
-        )
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            feats = model.features(x)  # (B, 512)
-            batch = {**model.head(feats), **({"features": feats} if features else {})}
-        for name, value in batch.items():
-            outputs.setdefault(name, []).append(value.float().cpu())
+        block = load_batch(data.images, rows[start : start + EVAL_BATCH], device=device)
+        for name, value in forward(model, block, size, device, amp_dtype, features).items():
+            outputs.setdefault(name, []).append(value)
     model.train(was_training)
     return {name: torch.cat(parts).numpy() for name, parts in outputs.items()}
 

@@ -37,7 +37,7 @@ def best_clustering_checkpoint(
     Searches the latest invocation of each study in ``studies`` in order and takes the child
     run with the highest ``val/f1_weighted`` (validation: the test set never selects a model).
     The run's ``best.pt`` is used in place when its output folder is still there, otherwise
-    downloaded from the run's artifacts.
+    downloaded from the run's MLflow model (``logged_models.run_weights``).
     """
     from mlflow.tracking import MlflowClient
 
@@ -70,13 +70,13 @@ def best_clustering_checkpoint(
         local = Path(best.data.tags.get("out_dir", "")) / "best.pt"
         if not local.is_file():
             from uslearn.paths import runs_dir
+            from uslearn.study.logged_models import run_weights
 
-            dest = runs_dir() / "dc_init" / best.info.run_id
-            dest.mkdir(parents=True, exist_ok=True)
-            try:
-                local = Path(client.download_artifacts(best.info.run_id, "best.pt", str(dest)))
-            except Exception as err:  # MLflow raises several types for a missing artifact
-                log.warning("run %s has no best.pt artifact: %s", best.info.run_id, err)
+            local = run_weights(
+                tracking_uri, best.info.run_id, runs_dir() / "dc_init" / best.info.run_id
+            )
+            if local is None:
+                log.warning("run %s: no kept weights in its model or artifacts", best.info.run_id)
                 continue
         score = best.data.metrics.get("val/f1_weighted", float("nan"))
         why = (

@@ -156,7 +156,7 @@ def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
     import json
 
     from uslearn.study.runner import STATE_FILE, summarise
-    from uslearn.study.tracking import ui_hint
+    from uslearn.study.tracking_uri import ui_hint
 
     state = json.loads((inv.exp_dir / STATE_FILE).read_text())
     parent = state["parent_run_id"]

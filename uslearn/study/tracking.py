@@ -11,11 +11,8 @@ from __future__ import annotations
 import math
 import os
 import re
-import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +24,10 @@ from uslearn.log import get_logger
 
 log = get_logger(__name__)
 PARAM_BATCH = 100  # MLflow's limit on params per log_batch call
-PROBE_TIMEOUT_S = 5.0
 # Set in the same log_batch as a trial's final metrics: a retried trial logs them only once.
 FINAL_TAG = "final_metrics_logged"
-# What ``uslearn.strategies.run`` writes into its out_dir; only these are uploaded.
+# What ``uslearn.strategies.run`` writes into its out_dir, and the model package's description
+# (``uslearn.inference.package``); only these are uploaded.
 RUN_FILES = (
     "metrics.json",
     "config.json",
@@ -39,6 +36,7 @@ RUN_FILES = (
     "history.json",
     "best.pt",
     "cluster_labels.csv",
+    "package.json",
 )
 
 
@@ -59,73 +57,6 @@ def git_sha(cwd: str | Path | None = None) -> str:
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def probe(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Check within seconds that ``tracking_uri`` can be reached and written; return None.
-
-    MLflow's own client retries an unreachable server for minutes before it raises, and a
-    study would only find out after Ray started; this asks once, with a short timeout.
-    Server URIs (``http(s)://``) must answer ``/health`` and the experiments API; a
-    ``sqlite:///`` file must be creatable or writable (a write lock is taken and released);
-    other schemes are left to MLflow.
-
-    Raises:
-        UserError: one line naming the URI and what failed.
-    """
-    scheme = urlparse(tracking_uri).scheme
-    if scheme in ("http", "https"):
-        _probe_server(tracking_uri.rstrip("/"), timeout_s)
-    elif scheme == "sqlite":
-        _probe_sqlite(tracking_uri, timeout_s)
-
-
-def _probe_server(base: str, timeout_s: float) -> None:
-    hint = "start it (make cluster-up, or cluster/head_services.sh mlflow-start) or pass another --mlflow"
-    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-        try:
-            with urllib.request.urlopen(base + path, timeout=timeout_s) as response:
-                response.read(256)
-        except urllib.error.HTTPError as err:
-            raise UserError(
-                f"MLflow tracking URI {base}: {path.split('?')[0]} answered HTTP {err.code} "
-                f"({err.reason}); is this an MLflow tracking server?"
-            ) from None
-        except (TimeoutError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            what = (
-                f"no answer within {timeout_s:g} s"
-                if "timed out" in str(reason)
-                else f"not reachable ({reason})"
-            )
-            raise UserError(f"MLflow tracking URI {base}: {what}; {hint}") from None
-
-
-def _probe_sqlite(tracking_uri: str, timeout_s: float) -> None:
-    path = Path(tracking_uri.removeprefix("sqlite:///"))
-    where = f"MLflow tracking URI {tracking_uri}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{where}: cannot create {path.parent} ({err.strerror})") from None
-    if path.exists() and not path.is_file():
-        raise UserError(f"{where}: {path} is not a file")
-    if not os.access(path.parent, os.W_OK):
-        # sqlite writes its journal beside the database.
-        raise UserError(f"{where}: the folder {path.parent} is not writable")
-    existed = path.exists()
-    try:
-        with sqlite3.connect(path, timeout=timeout_s) as db:
-            db.execute("BEGIN IMMEDIATE")  # a write lock: fails on a read-only file
-            db.execute("ROLLBACK")
-            db.execute("PRAGMA schema_version").fetchone()  # fails on a file that is not sqlite
-    except sqlite3.Error as err:
-        raise UserError(
-            f"{where}: {path} cannot be written as an sqlite database ({err})"
-        ) from None
-    finally:
-        if not existed and path.exists() and path.stat().st_size == 0:
-            path.unlink()  # leave no empty file behind; MLflow creates it
 
 
 def client(tracking_uri: str):
@@ -334,11 +265,15 @@ class TrackedRun:
         if step is not None:
             self.last_step = max(self.last_step, step)
 
-    def log_artifacts(self, out_dir: str | Path) -> None:
-        """Upload the run's output files (metrics, thresholds, per-class table, best weights)."""
+    def log_artifacts(self, out_dir: str | Path, data: Any) -> None:
+        """Upload the run's output files and log its model package as the MLflow model ``model``
+        (``run_model.log_run_model``: the kept weights are stored there, once)."""
+        from uslearn.study.run_model import IN_MODEL, log_run_model
+
         for name in RUN_FILES:
-            if (Path(out_dir) / name).is_file():
+            if name not in IN_MODEL and (Path(out_dir) / name).is_file():
                 self.mlc.log_artifact(self.run_id, str(Path(out_dir) / name))
+        log_run_model(self.mlc, self.run_id, out_dir, data)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the run."""
@@ -370,28 +305,6 @@ def _one_child(mlc, exp_id: str, parent_id: str, trial_id: str, created: str) ->
     return keep.info.run_id
 
 
-def runs_table_url(base_url: str, experiment_id: str) -> str:
-    """Return the MLflow UI link that opens the experiment's runs table.
-
-    MLflow 3's UI opens an experiment on its GenAI overview unless the browser's "GenAI /
-    Model training" switch was flipped; ``workflowType=machine_learning`` selects the runs
-    table regardless (the experiment tag ``mlflow.experimentKind`` does not).
-    """
-    return (
-        f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    )
-
-
-def ui_hint(tracking_uri: str, experiment_id: str | None = None) -> str:
-    """Return how to open ``tracking_uri``'s runs table (of ``experiment_id``) in the MLflow UI."""
-    server = tracking_uri.startswith(("http://", "https://"))
-    base = tracking_uri if server else "http://127.0.0.1:5000"
-    url = runs_table_url(base, experiment_id) if experiment_id is not None else base
-    if server:
-        return f"open {url}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then open {url}"
-
-
 def tracked_run(
     tracked: TrackedRun | None,
     config: Mapping[str, Any],
@@ -402,8 +315,9 @@ def tracked_run(
 ) -> dict[str, float]:
     """Run one strategy (``uslearn.strategies.run``) and log it to ``tracked``; return its metrics.
 
-    Every evaluation's metrics go to MLflow, then to ``report``; at the end the final metrics
-    and the output files, and the run ends FINISHED. A run that raises ends FAILED, one that
+    Every evaluation's metrics go to MLflow, then to ``report``; at the end the final metrics,
+    the output files and the model package (the MLflow model ``model``), and the run ends
+    FINISHED. A run that raises ends FAILED, one that
     Tune's scheduler stops (SystemExit at a report) KILLED with the tag ``stopped_early``.
     ``tracked`` is None on DDP ranks other than 0: they train but do not log.
     """
@@ -429,6 +343,6 @@ def tracked_run(
         raise
     if tracked is not None:
         tracked.log_metrics(final, final=True)
-        tracked.log_artifacts(out_dir)
+        tracked.log_artifacts(out_dir, data)
         tracked.finish("FINISHED")
     return final

@@ -163,7 +163,7 @@ def run_logged(
     # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
     final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
     if child is not None:
-        # A finished trial is never resumed, and its weights are now an MLflow artifact:
+        # A finished trial is never resumed, and its weights are now in MLflow (its model):
         # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
         shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
         shutil.rmtree(out_dir / "tune_checkpoint", ignore_errors=True)
