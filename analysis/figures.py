@@ -40,7 +40,9 @@ def colour(strategy: str) -> tuple[float, float, float]:
 def arm_name(strategy: str, init_kind: str | None = None) -> str:
     """Return the display name of an arm, e.g. ``Two-Head · DC``."""
     name = STRATEGY_NAMES.get(strategy, strategy)
-    return f"{name} · {INIT_NAMES.get(init_kind, init_kind)}" if init_kind else name
+    if not isinstance(init_kind, str) or not init_kind:  # None or NaN: no init to name
+        return name
+    return f"{name} · {INIT_NAMES.get(init_kind, init_kind)}"
 
 
 def save(fig: plt.Figure, out_dir: str | Path, stem: str) -> list[Path]:

@@ -93,6 +93,10 @@ def build_report(
 ) -> Report:
     """Write the study's figures (PNG + PDF), tables (CSV, Markdown, LaTeX) and ``report.html``.
 
+    Every figure and table the runs support is written; one that cannot be (a metric some
+    runs lack, an arm that did not run) is left out and the report's notes say which and
+    why. Scores are in percent throughout.
+
     Args:
         study: the study name (``study`` tag of its runs).
         out_dir: directory for every file.
@@ -107,83 +111,49 @@ def build_report(
         The ``Report`` (HTML path, sections, notes).
 
     Raises:
-        UserError: the study has no runs, or a metric a figure or table needs is missing.
+        UserError: the study has no runs, or its runs have no strategy param.
     """
     stats.method_text(method, level)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = load(study, tracking_uri=tracking_uri, invocation=invocation)
+    frame = load(study, tracking_uri=tracking_uri, invocation=invocation, require=())
     if "strategy" not in frame:
         raise UserError(f"study '{study}': its runs have no 'strategy' param (docs/CONTRACTS.md)")
     parent = parent_run(frame, tracking_uri)
     report = Report(html=out / "report.html")
-    add = report.sections.append
-    for param in hyperparameters():
-        if param not in frame:
-            continue
-        swept = frame.groupby("strategy")[param].nunique()
-        runs = frame[frame["strategy"].isin(swept[swept > 1].index)]
-        if runs.empty:
-            continue
-        runs, held = hold_fixed(runs, param)
-        title = SWEEP_TITLES.get(param, f"Sensitivity to {param_label(param)}")
-        fig = figures.sweep_boxplot(runs, param)
-        stem = "fig5_lambda" if param == "lam" else f"fig_{param}_sensitivity"
-        caption = "Boxes: quartiles over seeds; points: one run each. " + "; ".join(held)
-        add(Section(title, caption, figures.save(fig, out, stem)))
-    panels = figures.fig6_panels(frame)
-    if panels:
-        panels = [(t, hold_fixed(r, "label_fraction", "init_kind")[0]) for t, r in panels]
-        fig = figures.fraction_plot(panels, method=method, level=level)
-        caption = f"{stats.method_text(method, level)}; colour = method, line style = init."
-        add(
-            Section(
-                "Fig. 6: weighted F1 against label fraction",
-                caption,
-                figures.save(fig, out, "fig6_label_fraction"),
-            )
+    scored = frame
+    if stats.METRIC in frame:
+        scored = frame.dropna(subset=[stats.METRIC])
+    if len(scored) < len(frame) or stats.METRIC not in frame:
+        report.notes.append(
+            f"{len(frame) - len(scored) if stats.METRIC in frame else len(frame)} of "
+            f"{len(frame)} runs have no {stats.METRIC}: left out of every figure and table"
         )
-    clustering = frame["family"] == "clustering"
-    if clustering.any():
-        table = tables.table1(frame)
-        _, which = tables.clustering_selection(frame)
-        caption = (
-            "Table 1: deep-clustering methods on the test set (%), best (per cell) and mean "
-            f"over trials; {which}."
-        )
-        add(Section("Table 1", caption, tables.write_table(table, out, "table1", caption), table))
-    if (~clustering).any():
-        candidates = frame[~clustering]
-        _, metric = select_best(candidates)
-        table, run = tables.table2(candidates, select_by=metric)
-        caption = f"Table 2: best model by {metric}: {tables.describe_run(run)}."
-        add(Section("Table 2", caption, tables.write_table(table, out, "table2", caption), table))
-    summary = _summary(frame, method, level)
-    caption = f"Every arm of the study: {stats.method_text(method, level)} of the test weighted F1."
-    add(
-        Section(
-            "Summary", caption, tables.write_table(summary, out, "summary", caption, 4), summary, 4
-        )
-    )
-    paired = stats.standard_comparisons(frame, skipped=report.notes)
-    if not paired.empty:
-        caption = (
-            "Paired comparisons across seeds (a − b of test weighted F1): paired t-test, "
-            "Wilcoxon signed-rank, Cohen's d_z and rank-biserial r; p-values are not corrected "
-            "for the number of comparisons."
-        )
-        paired = paired.set_index(["comparison", "group"])
-        add(
-            Section(
-                "Paired comparisons",
-                caption,
-                tables.write_table(paired, out, "paired", caption, 4),
-                paired,
-                4,
-            )
-        )
-    _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
-    _fig7_section(frame, out, dataset, tracking_uri, parent, report)
+        if stats.METRIC not in frame:
+            scored = frame.iloc[0:0]
+    builders = [
+        ("sensitivity figures", lambda: _sweep_sections(scored, out)),
+        ("Fig. 6", lambda: _fig6_section(scored, out, method, level)),
+        ("Table 1", lambda: _table1_section(scored, out)),
+        ("Table 2", lambda: _table2_section(scored, out)),
+        ("Summary", lambda: _summary_section(scored, out, method, level)),
+        ("Paired comparisons", lambda: _paired_section(scored, out, report.notes)),
+        ("Sensitivity to λ: spread", lambda: _spread_section(scored, out, level, report.notes)),
+    ]
+    for name, build in builders:
+        try:
+            report.sections.extend(build())
+        except UserError as err:
+            report.notes.append(f"{name} left out: {err}")
+    try:
+        _tsne_section(frame, out, checkpoint, dataset, tracking_uri, parent, report)
+    except UserError as err:
+        report.notes.append(f"t-SNE (Fig. 2 right) left out: {err}")
+    if not scored.empty:
+        try:
+            _fig7_section(scored, out, dataset, tracking_uri, parent, report)
+        except UserError as err:
+            report.notes.append(f"Fig. 7 left out: {err}")
     report.html.write_text(
         render_html(study, frame, parent, report, tracking_uri), encoding="utf-8"
     )
@@ -198,20 +168,141 @@ def build_report(
     return report
 
 
+def _sweep_sections(frame: pd.DataFrame, out: Path) -> list[Section]:
+    """Return a box plot per strategy knob that takes several values within a strategy."""
+    sections = []
+    for param in hyperparameters():
+        if param not in frame or frame.empty:
+            continue
+        swept = frame.groupby("strategy")[param].nunique()
+        runs = frame[frame["strategy"].isin(swept[swept > 1].index)]
+        if runs.empty:
+            continue
+        runs, held = hold_fixed(runs, param)
+        title = SWEEP_TITLES.get(param, f"Sensitivity to {param_label(param)}")
+        fig = figures.sweep_boxplot(runs, param)
+        stem = "fig5_lambda" if param == "lam" else f"fig_{param}_sensitivity"
+        caption = "Boxes: quartiles over seeds; points: one run each (%). " + "; ".join(held)
+        sections.append(Section(title, caption, figures.save(fig, out, stem)))
+    return sections
+
+
+def _fig6_section(frame: pd.DataFrame, out: Path, method: str, level: float) -> list[Section]:
+    """Return Fig. 6 when the runs have label fractions and two arms or fractions."""
+    panels = figures.fig6_panels(frame)
+    if not panels:
+        return []
+    panels = [(t, hold_fixed(r, "label_fraction", "init_kind")[0]) for t, r in panels]
+    fig = figures.fraction_plot(panels, method=method, level=level)
+    caption = f"{stats.method_text(method, level)} (%); colour = method, line style = init."
+    title = "Fig. 6: weighted F1 against label fraction"
+    return [Section(title, caption, figures.save(fig, out, "fig6_label_fraction"))]
+
+
+def _table1_section(frame: pd.DataFrame, out: Path) -> list[Section]:
+    """Return Table 1 when the study has runs of the clustering family."""
+    if "family" not in frame or not (frame["family"] == "clustering").any():
+        return []
+    table = tables.table1(frame)
+    _, which = tables.clustering_selection(frame)
+    caption = (
+        "Table 1: deep-clustering methods on the test set (%), best (per cell) and mean "
+        f"over trials; {which}."
+    )
+    return [Section("Table 1", caption, tables.write_table(table, out, "table1", caption), table)]
+
+
+def _table2_section(frame: pd.DataFrame, out: Path) -> list[Section]:
+    """Return Table 2 (the best label-predicting run) when the study has such runs."""
+    candidates = frame[frame["family"] != "clustering"] if "family" in frame else frame
+    if candidates.empty:
+        return []
+    _, metric = select_best(candidates)
+    table, run = tables.table2(candidates, select_by=metric)
+    caption = f"Table 2: best model by {metric}, test set (%): {tables.describe_run(run)}."
+    return [Section("Table 2", caption, tables.write_table(table, out, "table2", caption), table)]
+
+
+def _summary_section(frame: pd.DataFrame, out: Path, method: str, level: float) -> list[Section]:
+    """Return the mean and CI of every arm."""
+    if frame.empty:
+        raise UserError(f"no run has {stats.METRIC}")
+    summary = _summary(frame, method, level)
+    caption = (
+        f"Every arm of the study: {stats.method_text(method, level)} of the test weighted F1 (%)."
+    )
+    files = tables.write_table(summary, out, "summary", caption, 2)
+    return [Section("Summary", caption, files, summary, 2)]
+
+
+def _paired_section(frame: pd.DataFrame, out: Path, notes: list[str]) -> list[Section]:
+    """Return the paired comparisons the runs allow (a − b of test weighted F1, in %)."""
+    paired = stats.standard_comparisons(frame, skipped=notes)
+    if paired.empty:
+        return []
+    paired = _in_percent(paired, ("mean_a", "mean_b", "mean_diff", "sd_diff"))
+    caption = (
+        "Paired comparisons across seeds (a − b of test weighted F1, %): paired t-test, "
+        "Wilcoxon signed-rank, Cohen's d_z and rank-biserial r; p-values are not corrected "
+        "for the number of comparisons."
+    )
+    paired = paired.set_index(["comparison", "group"])
+    files = tables.write_table(paired, out, "paired", caption, 2)
+    return [Section("Paired comparisons", caption, files, paired, 2)]
+
+
+def _spread_section(
+    frame: pd.DataFrame, out: Path, level: float, notes: list[str]
+) -> list[Section]:
+    """Return the spread of PICA's and LSD's cell means across λ with bootstrap CIs (Fig. 5's
+    claim as a statistic), when both swept λ over at least 2 values and 2 seeds."""
+    if "lam" not in frame or not {"pica", "lsd"} <= set(frame["strategy"]):
+        return []
+    swept = frame[frame["strategy"].isin(["pica", "lsd"])].groupby("strategy")["lam"].nunique()
+    if (swept < 2).any():
+        return []
+    runs, held = hold_fixed(frame[frame["strategy"].isin(["pica", "lsd"])], "lam")
+    table, dropped = stats.sensitivity_spread(runs, "lam", ("pica", "lsd"), level=level)
+    notes.extend(dropped)
+    table = _in_percent(table, ("spread", "low", "high", "noise_floor"))
+    table["row"] = table["row"].map(
+        lambda r: " − ".join(figures.arm_name(p) for p in r.split(" − "))
+    )
+    table = table.set_index("row")
+    caption = (
+        "Is PICA more sensitive to λ than LSD? Spread = standard deviation across λ of each "
+        f"method's cell means over seeds (test weighted F1, %); {level * 100:g} % percentile "
+        "bootstrap CI over seeds (10,000 resamples, the same seeds for every cell); last row: "
+        "the difference of the spreads, PICA − LSD (a CI above 0 supports the paper). "
+        "noise_floor: the spread seed noise alone would give. " + "; ".join(held)
+    )
+    files = tables.write_table(table, out, "lambda_spread", caption, 2)
+    return [Section("Sensitivity to λ: spread across λ", caption, files, table, 2)]
+
+
+def _in_percent(table: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Return ``table`` with the score ``columns`` (fractions) multiplied by 100."""
+    return table.assign(**{c: table[c] * 100.0 for c in columns if c in table})
+
+
 def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
-    """Return mean and CI of test weighted F1 per arm (strategy, init and every swept param)."""
+    """Return mean and CI (%) of test weighted F1 per arm (strategy, init, every swept param).
+
+    Rows are sorted by the values themselves (λ 0.5, 1, 2, 5, 10), then shown as text; a
+    param that some strategies lack (λ for supervised runs) reads "–".
+    """
     keys = [
         "strategy",
         *[
             c
-            for c in ("init_kind", "label_fraction", *hyperparameters())
+            for c in ("init_kind", "label_fraction", "early_stopping", *hyperparameters())
             if c in frame and frame[c].nunique() > 1
         ],
     ]
-    # A param that some strategies lack (λ for supervised runs) reads "–"; text keys also keep
-    # groupby from comparing floats with strings.
-    data = frame.assign(**{c: frame[c].map(_key_text) for c in keys})
-    return stats.summarize(data, keys, method=method, level=level).set_index(keys)
+    data = frame.assign(**{stats.METRIC: frame[stats.METRIC] * 100.0})
+    summary = stats.summarize(data, keys, method=method, level=level)
+    summary = summary.assign(**{c: summary[c].map(_key_text) for c in keys})
+    return summary.set_index(keys)
 
 
 def _key_text(value: object) -> str:
@@ -307,7 +398,9 @@ def render_html(
         _dl(parent["params"]) or "<p>none logged</p>",
     ]
     constant = {
-        c: frame[c].iloc[0] for c in _param_columns(frame) if frame[c].nunique(dropna=False) == 1
+        c: frame[c].iloc[0]
+        for c in _param_columns(frame)
+        if frame[c].nunique(dropna=False) == 1 and frame[c].notna().all()
     }
     tags = {k: v for k, v in parent["tags"].items() if not k.startswith("mlflow.")}
     body += ["<h2>Study tags</h2>", _dl(tags)]
@@ -353,6 +446,14 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in ids and "/" not in c and c != "best_step"]
 
 
+def _shown(value: object) -> str:
+    """Return a value as report text: a missing one (None, NaN, "nan") as "not logged"."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "not logged"
+    text = str(value)
+    return "not logged" if text in ("nan", "NaN", "None", "<NA>") else text
+
+
 def _runs_link(parent: dict, tracking_uri: str | None) -> str:
     """Return a paragraph that opens the study's runs in the MLflow UI (the runs table)."""
     from uslearn.paths import default_tracking_uri
@@ -370,6 +471,6 @@ def _runs_link(parent: dict, tracking_uri: str | None) -> str:
 
 def _dl(items: dict) -> str:
     rows = "".join(
-        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items()
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_shown(v))}</dd>" for k, v in items.items()
     )
     return f"<dl>{rows}</dl>" if rows else ""

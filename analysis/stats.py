@@ -17,17 +17,26 @@ from uslearn.errors import UserError
 from uslearn.metrics import confidence_interval
 
 METRIC = "test/f1_weighted"
+_AT_INIT_AND_FRACTION = ("init_kind", "label_fraction")
 # (name, arm column, arm a, arm b, grouping columns): a − b is reported within each group.
 COMPARISONS = (
     ("LSD vs PICA", "strategy", "lsd", "pica", ("lam",)),
-    (
-        "Two-Head vs One-Head",
-        "strategy",
-        "fixmatch_two",
-        "fixmatch_one",
-        ("init_kind", "label_fraction"),
-    ),
+    # Beyond the paper: IIC (no λ) against each paper method, paired by seed alone.
+    ("IIC vs LSD", "strategy", "iic", "lsd", ()),
+    ("IIC vs PICA", "strategy", "iic", "pica", ()),
+    ("Two-Head vs One-Head", "strategy", "fixmatch_two", "fixmatch_one", _AT_INIT_AND_FRACTION),
+    # Fig. 6 right: semi-supervised against supervised at the same init and label fraction.
+    ("Two-Head vs supervised", "strategy", "fixmatch_two", "supervised", _AT_INIT_AND_FRACTION),
+    ("One-Head vs supervised", "strategy", "fixmatch_one", "supervised", _AT_INIT_AND_FRACTION),
     ("DC vs ImageNet init", "init_kind", "clustering", "imagenet", ("strategy", "label_fraction")),
+    ("DC vs random init", "init_kind", "clustering", "random", ("strategy", "label_fraction")),
+    (
+        "Early stopping: steps vs epochs",
+        "early_stopping",
+        "steps",
+        "epochs",
+        ("strategy", "init_kind", "label_fraction"),
+    ),
 )
 
 
@@ -210,3 +219,145 @@ def standard_comparisons(
 
 def _describe(row: pd.Series) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def spread(cell_means: np.ndarray) -> np.ndarray:
+    """Return the spread of cell means across a swept parameter: their standard deviation.
+
+    Args:
+        cell_means: (..., V) means of V cells (one per value of the parameter).
+
+    Returns:
+        (...,) the sample standard deviation over the last axis (ddof = 1).
+    """
+    return np.std(cell_means, axis=-1, ddof=1)
+
+
+def spread_bootstrap(
+    values: np.ndarray, level: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Return the spread across a parameter per method, their difference, and bootstrap CIs.
+
+    The spread of method m is the standard deviation over the V parameter values of its cell
+    means (a cell mean is the mean over seeds). Seeds are resampled with replacement, the same
+    draw for every cell of every method (seed s pairs runs across cells: same initialisation
+    and data), and the spreads recomputed: percentile intervals of the spreads and of the
+    difference (method 0 − method 1), by ``scipy.stats.bootstrap``. Seed noise alone gives cell
+    means a spread of about sqrt(mean within-cell variance / S): ``noise_floor``.
+
+    Args:
+        values: (M, V, S) metric of M methods × V parameter values × S seeds (no NaN).
+
+    Returns:
+        ``spread``, ``low``, ``high``, ``noise_floor``: (M,) arrays; ``diff``, ``diff_low``,
+        ``diff_high``: scalars (as 0-d arrays) of method 0 − method 1 when M >= 2, else NaN.
+
+    Raises:
+        UserError: fewer than 2 seeds or 2 parameter values, or a missing value.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 3 or values.shape[1] < 2 or values.shape[2] < 2:
+        raise UserError(
+            f"the spread over a parameter needs (methods, >= 2 values, >= 2 seeds), got "
+            f"{values.shape}"
+        )
+    if not np.isfinite(values).all():
+        raise UserError("the spread over a parameter needs every cell × seed to have a value")
+    n_methods, _, n_seeds = values.shape
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        # index: (..., S) resampled seed indices; returns (M + 1, ...) spreads and difference.
+        picked = values[:, :, index.astype(int)]  # (M, V, ..., S)
+        spreads = spread(np.moveaxis(picked.mean(axis=-1), 1, -1))  # (M, ...)
+        diff = spreads[0] - spreads[1] if n_methods >= 2 else np.full(spreads.shape[1:], np.nan)
+        return np.concatenate([spreads, diff[None]], axis=0)
+
+    point = statistic(np.arange(n_seeds))
+    boot = stats.bootstrap(
+        (np.arange(n_seeds),),
+        statistic,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    low, high = boot.confidence_interval
+    floor = np.sqrt(values.var(axis=2, ddof=1).mean(axis=1) / n_seeds)
+    return dict(
+        spread=point[:n_methods],
+        low=np.asarray(low)[:n_methods],
+        high=np.asarray(high)[:n_methods],
+        noise_floor=floor,
+        diff=point[n_methods],
+        diff_low=np.asarray(low)[n_methods],
+        diff_high=np.asarray(high)[n_methods],
+    )
+
+
+def sensitivity_spread(
+    frame: pd.DataFrame,
+    param: str = "lam",
+    methods: tuple[str, str] = ("pica", "lsd"),
+    metric: str = METRIC,
+    level: float = 0.95,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Return "is method 0 more sensitive to ``param`` than method 1?" as a table, and notes.
+
+    The paper's claim "PICA is very sensitive to λ, LSD is stable" (Fig. 5) as a statistic:
+    per method, the standard deviation across λ of the cell means over seeds, with a bootstrap
+    CI over seeds (``spread_bootstrap``), and the difference of the two spreads with its CI.
+    Only seeds that every cell of both methods ran are used.
+
+    Returns:
+        One row per method and one for the difference (``method 0 − method 1``), columns
+        ``row, n_values, n_seeds, spread, low, high, noise_floor``, in the metric's unit; and
+        lines saying which seeds or cells were dropped.
+
+    Raises:
+        UserError: the runs lack a method, the parameter, or two shared seeds and values.
+    """
+    notes: list[str] = []
+    for col in ("strategy", param, "seed", metric):
+        if col not in frame:
+            raise UserError(f"the spread over {param} needs the column '{col}'")
+    runs = frame[frame["strategy"].isin(methods)].dropna(subset=[param, metric])
+    missing = [m for m in methods if m not in set(runs["strategy"])]
+    if missing:
+        raise UserError(f"the spread over {param} needs runs of {', '.join(missing)}")
+    cells = runs.pivot_table(
+        index=["strategy", param], columns="seed", values=metric, aggfunc="mean"
+    )
+    shared_values = sorted(set.intersection(*(set(cells.loc[m].index) for m in methods)), key=float)
+    cells = cells.loc[[(m, v) for m in methods for v in shared_values]]
+    complete = cells.columns[cells.notna().all(axis=0)]
+    if len(complete) < len(cells.columns):
+        dropped = sorted(set(cells.columns) - set(complete))
+        notes.append(f"seeds {dropped} left out of the spread: not run in every cell")
+    values = cells[complete].to_numpy(dtype=float).reshape(len(methods), len(shared_values), -1)
+    result = spread_bootstrap(values, level=level, n_boot=n_boot, seed=seed)
+    rows = [
+        dict(
+            row=m,
+            spread=result["spread"][i],
+            low=result["low"][i],
+            high=result["high"][i],
+            noise_floor=result["noise_floor"][i],
+        )
+        for i, m in enumerate(methods)
+    ]
+    rows.append(
+        dict(
+            row=f"{methods[0]} − {methods[1]}",
+            spread=float(result["diff"]),
+            low=float(result["diff_low"]),
+            high=float(result["diff_high"]),
+            noise_floor=np.nan,
+        )
+    )
+    table = pd.DataFrame(rows)
+    table.insert(1, "n_values", len(shared_values))
+    table.insert(2, "n_seeds", len(complete))
+    return table, notes

@@ -150,12 +150,13 @@ def table1(frame: pd.DataFrame, best: str = "cell", scale: float = 100.0) -> pd.
 
 
 def table2(
-    frame: pd.DataFrame, select_by: str = "val/f1_weighted"
+    frame: pd.DataFrame, select_by: str = "val/f1_weighted", scale: float = 100.0
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Return Table 2 (the best run's per-class F1, precision, recall, n_labels) and that run.
 
     The best run is the one with the highest ``select_by`` among runs that logged per-class
-    metrics; selecting on validation keeps the test set out of model selection.
+    metrics; selecting on validation keeps the test set out of model selection. Scores are
+    multiplied by ``scale`` (100: percent, the unit of every table of the report).
 
     Raises:
         UserError: if ``select_by`` or a per-class metric of the chosen run is missing.
@@ -169,7 +170,7 @@ def table2(
     rows = {}
     for label, metric in ROW_METRICS.items():
         require_metrics(run.to_frame().T, _columns(metric), "Table 2")
-        rows[label] = run[_columns(metric)].to_numpy(dtype=float)
+        rows[label] = run[_columns(metric)].to_numpy(dtype=float) * scale
     table = pd.DataFrame.from_dict(rows, orient="index", columns=names)
     counts = n_labels(run.to_frame().T)
     if counts is not None:

@@ -19,7 +19,7 @@ from uslearn.data.dataset import CLASSES
 from uslearn.errors import UserError
 
 EXPECTED = {
-    "lambda_study": {"fig5_lambda", "table1", "summary", "paired"},
+    "lambda_study": {"fig5_lambda", "table1", "summary", "paired", "lambda_spread"},
     "fraction_study": {"fig6_label_fraction", "table2", "summary", "paired"},
     "sweep_study": {"fig_alpha_sensitivity", "fig_tau_sensitivity", "table1", "table2", "summary"},
 }
@@ -117,7 +117,7 @@ def test_table2_is_the_run_with_the_best_validation_f1(store):
     frame = load("fraction_study", tracking_uri=uri)
     table, run = table2(frame)
     assert run["run_id"] == frame.loc[frame["val/f1_weighted"].idxmax(), "run_id"]
-    assert table.loc["F1-score", "weighted avg"] == run["test/f1_weighted"]
+    assert table.loc["F1-score", "weighted avg"] == pytest.approx(100 * run["test/f1_weighted"])
     assert table.loc["n_labels", "Bladder"] == SUPPORTS["bladder"]
 
 
@@ -175,3 +175,44 @@ def test_table1_has_one_row_per_clustering_method_of_the_registry():
     table = table1(pd.DataFrame(rows))
     for metric in ("F1-score", "Precision", "Recall"):
         assert [m for row, m in table.index if row == metric] == [entry(s).label for s in methods]
+
+
+@pytest.mark.slow
+def test_summary_sorts_lambda_as_numbers_and_reports_percent(reports):
+    _, out = reports["lambda_study"]
+    summary = pd.read_csv(out / "summary.csv")
+    lams = [float(row.split()[1]) for row in summary["row"] if row.startswith("pica")]
+    assert lams == [0.5, 2.0, 10.0]
+    assert summary["mean"].between(1, 100).all()  # percent, like every table of the report
+
+
+@pytest.mark.slow
+def test_the_lambda_spread_section_compares_pica_and_lsd(reports):
+    report, out = reports["lambda_study"]
+    table = pd.read_csv(out / "lambda_spread.csv", index_col="row")
+    assert list(table.index) == ["PICA", "LSD", "PICA − LSD"]
+    # The factory's PICA grows with log λ and LSD does not: PICA's spread is the larger.
+    assert table.loc["PICA", "spread"] > table.loc["LSD", "spread"]
+    assert table.loc["PICA − LSD", "spread"] == pytest.approx(
+        table.loc["PICA", "spread"] - table.loc["LSD", "spread"]
+    )
+
+
+def test_a_missing_metric_leaves_out_only_what_needs_it_and_the_report_says_why(tmp_path):
+    from test_analysis_factories import log_study, new_store
+
+    client, uri, experiment = new_store()
+    trials = lambda_trials(seeds=(0, 1, 2), lams=(0.5, 2.0))
+    for _, metrics in trials[:2]:
+        del metrics["test/f1/pancreas"]  # two runs lack one per-class metric
+    del trials[-1][1]["test/f1_weighted"]  # and one the headline metric
+    log_study(client, experiment, "holes", trials)
+    report = build_report("holes", tmp_path, uri, log_to_mlflow=False)
+    stems = {p.stem for section in report.sections for p in section.files}
+    assert {"fig5_lambda", "summary", "paired", "lambda_spread"} <= stems
+    assert "table1" not in stems
+    assert any(n.startswith("Table 1 left out:") and "test/f1/pancreas" in n for n in report.notes)
+    assert any("1 of 12 runs have no test/f1_weighted" in n for n in report.notes)
+    page = report.html.read_text()
+    assert "Table 1 left out" in page
+    assert not re.search(r">\s*nan\s*<", page, flags=re.IGNORECASE)

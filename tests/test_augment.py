@@ -29,6 +29,7 @@ PIPELINES = {
     "strong": lambda x, g: augment.strong_view(x, SIZE, g),
     "pica_a": lambda x, g: augment.pica_views(x, SIZE, g)[0],
     "pica_b": lambda x, g: augment.pica_views(x, SIZE, g)[1],
+    "pica_a_full": lambda x, g: augment.pica_views(x, SIZE, g, first_view="full")[0],
 }
 
 
@@ -59,9 +60,34 @@ def test_each_image_of_a_batch_gets_its_own_random_parameters(name):
     assert len(distinct) >= 14
 
 
-def test_pica_views_of_the_same_batch_differ():
-    view_a, view_b = augment.pica_views(make_batch(), SIZE, gen(2))
+@pytest.mark.parametrize("first_view", ["reduced", "full"])
+def test_pica_views_of_the_same_batch_differ(first_view):
+    view_a, view_b = augment.pica_views(make_batch(), SIZE, gen(2), first_view=first_view)
     assert (view_a - view_b).abs().mean(dim=(1, 2, 3)).min() > 0.01
+
+
+def test_the_reduced_pica_view_is_a_random_crop_of_four_fifths_without_flip_or_intensity_change():
+    # A horizontal ramp 0..1 over the 40 px side: a crop of 80 % of the side keeps a rising
+    # slope (never mirrored) over 80 % of the range, and the brightness is untouched.
+    side = 40
+    ramp = torch.linspace(0, 1, side).expand(64, 1, side, side).contiguous()
+    view = augment.reduced_view(ramp, SIZE, gen(7))[:, 0]
+    row = view[:, SIZE // 2]
+    span = row[:, -2] - row[:, 1]  # two pixels in from each edge: no bilinear border
+    assert (span > 0).all()
+    assert span.mean().item() == pytest.approx(0.8 * (SIZE - 3) / SIZE, rel=0.05)
+    # Where each crop starts along the ramp (pixel 1 lies 1.5 px of 0.8/SIZE into the crop):
+    # anywhere in [0, 0.2], different per image.
+    starts = row[:, 1] - 1.5 * 0.8 / SIZE
+    assert starts.min() >= -0.01 and starts.max() <= 0.21 and starts.std() > 0.03
+    gray = torch.full((4, 1, side, side), 0.37)
+    view = augment.reduced_view(gray, SIZE, gen(8))
+    torch.testing.assert_close(view, torch.full_like(view, 0.37))
+
+
+def test_an_unknown_first_pica_view_is_rejected():
+    with pytest.raises(ValueError, match="first_view"):
+        augment.pica_views(make_batch(), SIZE, gen(), first_view="strong")
 
 
 def test_to_input_only_scales_at_the_stored_size_and_resizes_otherwise():

@@ -1,7 +1,7 @@
 """PICA / LSD under DDP: 2 ranks × B images give the loss and gradients of 1 process × 2B.
 
 The partition matrix M and the cluster sizes Z are statistics of the whole batch; the
-clustering step gathers every rank's probabilities (``strategies.distributed.gather_rows``).
+clustering step gathers every rank's log-probabilities (``strategies.distributed.gather_rows``).
 Real parts: two gloo processes on the CPU, the real ResNet18 network and clustering strategy on
 the tiny phantom. BatchNorm runs on its running statistics here (``eval()``): its per-rank
 batch statistics are a separate difference (SyncBatchNorm exists only for GPUs), not what
@@ -60,8 +60,8 @@ def _loss_and_grads(step, net, view_a, view_b, gather: bool = True) -> tuple[flo
     if gather:
         loss, _ = step.step(net, {"x": torch.cat([view_a, view_b])})
     else:  # what each rank computed before the gather: the loss of its own shard
-        probs = net(torch.cat([view_a, view_b]))["cluster"].float().softmax(dim=1)
-        loss, _ = losses.pica_loss(*probs.chunk(2), 2.0, prior=step.prior, alpha=step.alpha)
+        log_p = net(torch.cat([view_a, view_b]))["cluster"].float().log_softmax(dim=1)
+        loss, _ = losses.pica_loss(*log_p.chunk(2), 2.0, prior=step.prior, alpha=step.alpha)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return float(loss.detach()), grads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
@@ -39,10 +40,13 @@ def config(strategy: str, **overrides) -> dict:
     """Return a short config of ``strategy`` built from its registry entry alone."""
     spec = entry(strategy)
     batches = {draw.exams_key: FAST["batch_exams"] for draw in spec.draws}
+    # A minimum run length (fine-tuning's step rule) would stretch these short runs.
+    minimum = {"min_steps": 0} if "min_steps" in {f.name for f in fields(spec.config)} else {}
     return {
         "strategy": strategy,
         **FAST,
         **batches,
+        **minimum,
         "eval_every": 2,
         spec.unit: SHORT[spec.unit],
     } | overrides
@@ -92,8 +96,15 @@ def test_same_config_and_seed_give_identical_metrics(tiny_phantom, tmp_path):
     assert first == second
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tiny_phantom, tmp_path):
-    cfg = config("fixmatch_two", steps=6, eval_every=2)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        config("fixmatch_two", steps=6, eval_every=2),
+        config("fixmatch_one", steps=4, eval_every=2, ema_decay=0.9),  # the average resumes too
+    ],
+    ids=["plain", "with-ema"],
+)
+def test_resumed_run_matches_an_uninterrupted_one(cfg, tiny_phantom, tmp_path):
     uninterrupted = run(cfg, tiny_phantom, out_dir=tmp_path / "full")
 
     class Killed(Exception):
@@ -238,3 +249,102 @@ def test_unlabelled_frames_in_val_and_test_are_left_out_of_evaluation(tiny_phant
     supports = sum(final[f"test/support/{c}"] for c in CLASSES)
     assert supports == data.labels[test_rows][data.labels[test_rows][:, 0] >= 0].sum()
     assert labelled_test == len(test_rows) - 3 and math.isfinite(final["test/f1_weighted"])
+
+
+def evaluations(history_file) -> list[float]:
+    """Return the steps at which a run validated (from its history.json)."""
+    return [h["step"] for h in json.loads(history_file.read_text())]
+
+
+def test_fine_tuning_stops_after_patience_steps_but_never_before_min_steps(
+    tiny_phantom, tmp_path, monkeypatch
+):
+    from uslearn.strategies.supervised import SupervisedStrategy
+
+    # A validation score that never improves after the first evaluation.
+    monkeypatch.setattr(SupervisedStrategy, "validate", lambda self, model: 0.5)
+    cfg = config("supervised", epochs=50, eval_every=0, eval_steps=2, patience_steps=4)
+    final = run({**cfg, "min_steps": 12}, tiny_phantom, out_dir=tmp_path / "min")
+    # Patience (4 steps = 2 evaluations) runs out at step 6; the minimum holds it to step 12.
+    assert evaluations(tmp_path / "min" / "history.json") == [2, 4, 6, 8, 10, 12]
+    assert final["best_step"] == 2
+    run({**cfg, "min_steps": 0}, tiny_phantom, out_dir=tmp_path / "no_min")
+    assert evaluations(tmp_path / "no_min" / "history.json") == [2, 4, 6]
+
+
+def test_the_papers_epoch_rule_validates_once_per_epoch_for_patience_epochs(
+    tiny_phantom, tmp_path, monkeypatch
+):
+    from uslearn.strategies.supervised import SupervisedStrategy
+
+    monkeypatch.setattr(SupervisedStrategy, "validate", lambda self, model: 0.5)
+    cfg = config("supervised", epochs=50, eval_every=0, early_stopping="epochs", patience=2)
+    run({**cfg, "min_steps": 500}, tiny_phantom, out_dir=tmp_path)  # min_steps: step rule only
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1.0, 2.0, 3.0]
+
+
+def test_a_step_rule_run_lasts_min_steps_even_when_its_epochs_are_fewer(tiny_phantom, tmp_path):
+    final = run(
+        config("supervised", epochs=1, eval_every=0, eval_steps=3, min_steps=7, label_fraction=0.5),
+        tiny_phantom,
+        out_dir=tmp_path,
+    )
+    assert evaluations(tmp_path / "history.json") == [3, 6, 7]
+    assert math.isfinite(final["test/f1_weighted"])
+
+
+def test_fixmatch_validates_every_eval_steps_and_takes_mu_unlabelled_exams_per_labelled_one(
+    tiny_phantom, tmp_path
+):
+    from uslearn.data.dataset import Dataset
+    from uslearn.strategies.context import make_context
+    from uslearn.strategies.fixmatch import build
+    from uslearn.strategies.registry import parse_config
+
+    cfg = config("fixmatch_two", steps=7, eval_every=0, eval_steps=3)
+    run(cfg, tiny_phantom, out_dir=tmp_path)
+    assert evaluations(tmp_path / "history.json") == [3, 6, 7]
+    train, own = parse_config({**cfg, "mu": 2.0})
+    strategy = build(train, own, Dataset.open(tiny_phantom), make_context(train))
+    assert strategy.unlabelled_sampler.exams_per_batch == 2 * train.batch_exams
+    train, own = parse_config(cfg)  # mu = 0: the paper's exam count
+    strategy = build(train, own, Dataset.open(tiny_phantom), make_context(train))
+    assert strategy.unlabelled_sampler.exams_per_batch == own.unlabelled_exams
+
+
+def test_with_an_ema_the_validated_and_kept_weights_are_the_average(
+    tiny_phantom, tmp_path, monkeypatch
+):
+    from uslearn.strategies.fixmatch import FixMatchStrategy
+
+    scores = iter([0.1, 0.2])  # the last evaluation is the best: best.pt = the final average
+    monkeypatch.setattr(FixMatchStrategy, "validate", lambda self, model: next(scores))
+    run(
+        config("fixmatch_two", steps=4, eval_every=2, ema_decay=0.5), tiny_phantom, out_dir=tmp_path
+    )
+    checkpoint = torch.load(tmp_path / "checkpoint" / "checkpoint.pt", weights_only=False)
+    kept = torch.load(tmp_path / "best.pt", weights_only=False)["model"]
+    average = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}
+    for name, value in kept.items():
+        torch.testing.assert_close(value, average[name], rtol=0, atol=0)
+    raw = checkpoint["model"]
+    assert any(not torch.equal(raw[k], kept[k]) for k in raw if raw[k].is_floating_point())
+
+
+def test_algorithm_1_uses_the_labelled_or_the_validation_images_as_its_development_set(
+    tiny_phantom,
+):
+    from uslearn.data.dataset import Dataset
+    from uslearn.strategies.clustering import build
+    from uslearn.strategies.context import make_context
+    from uslearn.strategies.registry import parse_config
+
+    data = Dataset.open(tiny_phantom)
+    for source, role in (("labelled", "labelled"), ("val", "val")):
+        train, own = parse_config(config("lsd", cluster_labels_from=source))
+        strategy = build(train, own, data, make_context(train))
+        np.testing.assert_array_equal(strategy.development, getattr(strategy.rows, role))
+    assert parse_config(config("pica"))[1].cluster_labels_from == "labelled"  # the default
+    with pytest.raises(ConfigError, match="cluster_labels_from"):
+        parse_config(config("pica", cluster_labels_from="test"))

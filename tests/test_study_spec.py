@@ -309,13 +309,17 @@ def test_label_fraction_skips_missing_inits_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "absent.pth"))
     build, _ = load_study("label_fraction")
     spec = build(study_args())
-    assert sorted(spec.arms) == ["one-head random", "two-head random"]
-    assert any("ImageNet arms are skipped" in note for note in spec.notes)
+    assert sorted(spec.arms) == ["one-head random", "supervised random", "two-head random"]
+    assert any("start from random weights" in note for note in spec.notes)
     assert any("--dc-init" in note for note in spec.notes)
     (tmp_path / "w.pth").write_bytes(b"")
     monkeypatch.setenv("USLEARN_IMAGENET", str(tmp_path / "w.pth"))
     full = build(study_args(dc_init=str(tmp_path / "w.pth")))
     assert len(full.arms) == 5 and make_plan(full, "paper").num_trials() == 80
+    # cpu-long keeps the label fractions 10 % and 100 % (and 4 seeds).
+    long = make_plan(full, "cpu-long")
+    assert long.num_trials() == 5 * 2 * 4
+    assert {c["label_fraction"] for _, _, c in long.grid_trials()} == {0.1, 1.0}
     # The trials load exactly the weights file found here, not whatever the hub cache holds.
     assert full.arms["supervised imagenet"]["weights"] == str((tmp_path / "w.pth").resolve())
 
@@ -455,3 +459,9 @@ def test_asha_measures_time_in_the_strategys_own_unit(strategy, metric):
     length = plan.profile.lengths[entry(strategy).unit]  # 30 epochs or 1 500 steps
     # One past the last evaluation: ASHA never stops a trial before its test metrics.
     assert scheduler._time_attr == metric and scheduler._max_t == length + 1
+
+
+def test_a_profile_restriction_that_leaves_a_grid_key_empty_is_refused():
+    spec = make_spec(arms={"sup": {"strategy": "supervised"}}, grid={"label_fraction": [0.2, 0.5]})
+    with pytest.raises(ConfigError, match="cpu-long.*keeps label_fraction"):
+        make_plan(spec, "cpu-long")

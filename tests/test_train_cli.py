@@ -51,6 +51,8 @@ def test_train_logs_one_mlflow_run_with_contract_names(tiny_phantom, tmp_path):
         "supervised",
         "--epochs",
         "1",
+        "--min-steps",
+        "0",
         "--out",
         str(out),
         "--mlflow",

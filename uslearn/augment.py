@@ -27,6 +27,11 @@ CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratio w/h, log-uniform
 BRIGHTNESS, CONTRAST, GAMMA = 0.3, 0.3, (0.7, 1.4)  # factors 1 ± 0.3, gamma log-uniform
 BLUR_P, BLUR_SIGMA = 0.5, (0.1, 2.0)  # blur with probability 0.5, else speckle noise
 SPECKLE_SIGMA = 0.2
+# PICA's other view (the official code's "reduced transform" of the original images): resize
+# to 40 then a random 32 px crop on CIFAR, i.e. a random crop of 80 % of the side, no flip and
+# no photometric change.
+REDUCED_SIDE = 0.8
+PICA_FIRST_VIEWS = ("reduced", "full")
 # FixMatch weak view: flip + translation up to 12.5 % of the side (the reference's 4 px of 32).
 WEAK_TRANSLATE = 0.125
 # FixMatch strong view: RandAugment ranges at magnitude 10 (FixMatch's RandAugmentMC pool).
@@ -144,16 +149,49 @@ def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
 
 
 def pica_views(
-    x: Tensor, size: int, generator: torch.Generator, scale: tuple[float, float] = CROP_SCALE
+    x: Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+    first_view: str = "reduced",
 ) -> tuple[Tensor, Tensor]:
-    """Return two independent PICA views (x̃, x̂), each (B, 1, size, size) float32 in [0, 1].
+    """Return the two PICA views (x̃, x̂) of a batch, each (B, 1, size, size) float32 in [0, 1].
 
-    Each view: random resized crop (area fraction ``scale``, aspect 3/4-4/3), horizontal flip,
-    gamma / contrast / brightness jitter, then Gaussian blur (p = 0.5) or speckle noise
-    x·(1 + σ n), σ ~ U(0, 0.2).
+    The paper applies two different schemes ·̃ and ·̂ (Sec. 2.2, Fig. 2). View ·̂ is the full
+    perturbation: random resized crop (area fraction ``scale``, aspect 3/4-4/3), horizontal
+    flip, gamma / contrast / brightness jitter, then Gaussian blur (p = 0.5) or speckle noise
+    x·(1 + σ n), σ ~ U(0, 0.2). View ·̃ is ``reduced_view`` (``first_view="reduced"``, the
+    official PICA code's choice) or a second independent draw of the full perturbation
+    (``first_view="full"``).
+    """
+    if first_view not in PICA_FIRST_VIEWS:
+        raise ValueError(f"first_view must be one of {PICA_FIRST_VIEWS}, got {first_view!r}")
+    x = _as_float(x)
+    if first_view == "reduced":
+        first = reduced_view(x, size, generator)
+    else:
+        first = _pica_view(x, size, generator, scale)
+    return first, _pica_view(x, size, generator, scale)
+
+
+def reduced_view(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Return the reduced PICA view: a random crop of ``REDUCED_SIDE`` of the side, resized.
+
+    The official PICA code's transform of the "original" images (resize, then a random crop
+    to the network size): a random translation only, no flip and no change of intensity.
+
+    Returns:
+        (B, 1, size, size) float32 in [0, 1].
     """
     x = _as_float(x)
-    return _pica_view(x, size, generator, scale), _pica_view(x, size, generator, scale)
+    b = x.shape[0]
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = REDUCED_SIDE
+    # Crop centre, in normalised coordinates, anywhere the crop stays inside the image.
+    theta[:, :, 2] = (1.0 - REDUCED_SIDE) * (
+        torch.rand(b, 2, generator=generator, device=generator.device) * 2 - 1
+    )
+    return _sample(x, theta, size).clamp_(0.0, 1.0)
 
 
 def _pica_view(x: Tensor, size: int, generator: torch.Generator, scale) -> Tensor:

@@ -14,19 +14,39 @@ import torch.nn.functional as F
 from torch import Tensor
 
 PRIORS = ("entropy", "dirichlet")
-# Floor for cluster sizes inside a log: keeps L_NE / L_SD and their gradients finite at z = 0.
-Z_EPS = 1e-8
 
 
-def _check_probs(name: str, p: Tensor) -> None:
-    if p.dim() != 2 or p.shape[1] < 2:
-        raise ValueError(f"{name}: expected (N, K) probabilities with K >= 2, got {tuple(p.shape)}")
+def _check_log_probs(name: str, log_p: Tensor) -> None:
+    if log_p.dim() != 2 or log_p.shape[1] < 2:
+        raise ValueError(
+            f"{name}: expected (N, K) log-probabilities with K >= 2, got {tuple(log_p.shape)}"
+        )
 
 
-def cluster_sizes(p: Tensor) -> Tensor:
-    """Return Z: (K,), the batch cluster-size distribution (column sums of p: (N, K), sum 1)."""
-    z = p.sum(dim=0)  # (K,)
-    return z / z.sum().clamp_min(Z_EPS)
+def _check_views(log_p_a: Tensor, log_p_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Return both views as float32 (or float64) after checking their shapes."""
+    _check_log_probs("log_p_a", log_p_a)
+    _check_log_probs("log_p_b", log_p_b)
+    if log_p_a.shape != log_p_b.shape:
+        raise ValueError(f"views differ in shape: {tuple(log_p_a.shape)} vs {tuple(log_p_b.shape)}")
+    if log_p_a.dtype in (torch.float16, torch.bfloat16):
+        # Cosines near 1 and logs of small cluster sizes need more than 8 mantissa bits.
+        log_p_a, log_p_b = log_p_a.float(), log_p_b.float()
+    return log_p_a, log_p_b
+
+
+def log_cluster_sizes(log_p: Tensor) -> Tensor:
+    """Return log Z: (K,), the log of the batch cluster-size distribution (Eq. 4's z).
+
+    z_k = Σ_i p_ik / Σ_i Σ_k' p_ik' = (1/N) Σ_i p_ik, since each row of p sums to 1; in
+    log-space log z_k = logsumexp_i(log p_ik) − log N. No clamp: a nearly empty cluster keeps a
+    finite log z_k and the exact gradient ∂ log z_k / ∂ log p_ik = p_ik / (N z_k), which sums
+    to 1 over the batch however small z_k is.
+
+    Args:
+        log_p: (N, K) log-probabilities (``log_softmax`` of the cluster logits; finite).
+    """
+    return torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])  # (K,)
 
 
 def partition_uncertainty_index(p_a: Tensor, p_b: Tensor) -> Tensor:
@@ -41,30 +61,33 @@ def partition_uncertainty_index(p_a: Tensor, p_b: Tensor) -> Tensor:
     return a.transpose(0, 1) @ b  # (K, K)
 
 
-def entropy_prior(z: Tensor) -> Tensor:
-    """Return L_NE = log K + Σ_k z_k log z_k = log K − H(Z) (Eq. 4) for Z: (K,); 0 at uniform Z."""
-    return math.log(z.shape[0]) + (z * torch.log(z.clamp_min(Z_EPS))).sum()
+def entropy_prior(log_z: Tensor) -> Tensor:
+    """Return L_NE = log K + Σ_k z_k log z_k = log K − H(Z) (Eq. 4) from log Z: (K,); 0 at uniform Z."""
+    return math.log(log_z.shape[0]) + (log_z.exp() * log_z).sum()
 
 
-def dirichlet_prior(z: Tensor, alpha: float = 1.05) -> Tensor:
-    """Return L_SD(α) = −(1/log K) Σ_k (α − 1) log z_k (Eq. 6) for Z: (K,).
+def dirichlet_prior(log_z: Tensor, alpha: float = 1.05) -> Tensor:
+    """Return L_SD(α) = −(1/log K) Σ_k (α − 1) log z_k (Eq. 6) from log Z: (K,).
 
     The negative log of a symmetric Dirichlet(α) density up to its constant, scaled by 1/log K.
-    Not 0 at uniform Z (value (α − 1) K); only its gradient, (α − 1)/(z_k log K), matters, and it
-    is largest for the smallest clusters.
+    Not 0 at uniform Z (value (α − 1) K); only its gradient, −(α − 1)/(z_k log K) with respect
+    to z_k, matters. Taken from log z_k directly (no clamp of z), the gradient with respect to
+    cluster k's logits sums to about −(α − 1)/log K however empty the cluster is: the force that
+    refills a collapsing cluster never vanishes.
     """
-    k = z.shape[0]
-    return -(alpha - 1.0) / math.log(k) * torch.log(z.clamp_min(Z_EPS)).sum()
+    k = log_z.shape[0]
+    return -(alpha - 1.0) / math.log(k) * log_z.sum()
 
 
 def pica_loss(
-    p_a: Tensor, p_b: Tensor, lam: float, prior: str = "entropy", alpha: float = 1.05
+    log_p_a: Tensor, log_p_b: Tensor, lam: float, prior: str = "entropy", alpha: float = 1.05
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PICA (Sec. 2.2.1) or its Dirichlet variant LSD (Sec. 2.2.2) on two views of a batch.
 
     Args:
-        p_a: (N, K) cluster probabilities of view a (softmax already applied; Z comes from it).
-        p_b: (N, K) cluster probabilities of view b.
+        log_p_a: (N, K) cluster log-probabilities of view ·̃ (``log_softmax`` of the cluster
+            head; Z comes from this view, as in the official PICA code).
+        log_p_b: (N, K) cluster log-probabilities of view ·̂.
         lam: weight λ of the prior term (paper default 2).
         prior: ``"entropy"`` → L_NE (Eq. 4, PICA) or ``"dirichlet"`` → L_SD(α) (Eq. 6, LSD).
         alpha: Dirichlet concentration α (slightly above 1), only for ``prior="dirichlet"``.
@@ -72,23 +95,18 @@ def pica_loss(
     Returns:
         ``(total, {"ce": L_CE, "prior": L_prior})`` with total = L_CE + λ L_prior (Sec. 2.2.1 / Eq. 7);
         the parts are detached scalars. L_CE has no temperature, so its minimum is
-        log(1 + (K − 1)/e) (M = identity), not 0.
+        log(1 + (K − 1)/e) (M = identity), not 0. The prior is computed from log Z in
+        log-space (``log_cluster_sizes``), without clamping Z.
     """
-    _check_probs("p_a", p_a)
-    _check_probs("p_b", p_b)
-    if p_a.shape != p_b.shape:
-        raise ValueError(f"views differ in shape: {tuple(p_a.shape)} vs {tuple(p_b.shape)}")
+    log_p_a, log_p_b = _check_views(log_p_a, log_p_b)
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-    if p_a.dtype in (torch.float16, torch.bfloat16):
-        # Cosines near 1 and logs of small cluster sizes need more than 8 mantissa bits.
-        p_a, p_b = p_a.float(), p_b.float()
-    m = partition_uncertainty_index(p_a, p_b)  # (K, K)
+    m = partition_uncertainty_index(log_p_a.exp(), log_p_b.exp())  # (K, K)
     target = torch.arange(m.shape[0], device=m.device)
     # Row j of M as logits over the K clusters of view b; cluster j should match cluster j (Eq. 3).
     ce = F.cross_entropy(m, target)
-    z = cluster_sizes(p_a)  # (K,)
-    reg = entropy_prior(z) if prior == "entropy" else dirichlet_prior(z, alpha)
+    log_z = log_cluster_sizes(log_p_a)  # (K,)
+    reg = entropy_prior(log_z) if prior == "entropy" else dirichlet_prior(log_z, alpha)
     total = ce + lam * reg
     return total, {"ce": ce.detach(), "prior": reg.detach()}
 
@@ -213,7 +231,7 @@ def fixmatch_two_head_loss(
     return total, parts
 
 
-def iic_loss(p_a: Tensor, p_b: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def iic_loss(log_p_a: Tensor, log_p_b: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """IIC (Ji, Henriques, Vedaldi, ICCV 2019): minus the mutual information of two views' clusters.
 
     P = (1/N) Σ_i p_a[i] p_b[i]ᵀ, symmetrised to (P + Pᵀ)/2: the joint distribution of the
@@ -222,34 +240,26 @@ def iic_loss(p_a: Tensor, p_b: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     I = H(z) − H(z | z'), a high I needs views that agree and clusters that are all used.
 
     Choices (the reference code differs): the plain objective, i.e. its entropy weight
-    ``lamb`` = 1; and the logs take max(·, Z_EPS) while the weights P_cc' stay as they are,
-    so an empty entry adds 0 (the limit of x log x) with a finite gradient, where the reference
-    overwrites entries below machine epsilon in place (their value and their gradient).
+    ``lamb`` = 1; and every log is computed in log-space from the views' log-probabilities
+    (log P_cc' = logsumexp_i(log p_a[i, c] + log p_b[i, c']) − log N), with no floor, where the
+    reference overwrites entries below machine epsilon in place (their value and gradient).
 
     Args:
-        p_a: (N, K) cluster probabilities of view a (softmax already applied).
-        p_b: (N, K) cluster probabilities of view b.
+        log_p_a: (N, K) cluster log-probabilities of view a (``log_softmax``; finite).
+        log_p_b: (N, K) cluster log-probabilities of view b.
 
     Returns:
         ``(−I, {"mi": I, "entropy": H(P_c)})``: the scalar loss, and detached I and the entropy
         of the cluster marginal (log K when every cluster is used equally; 0 when collapsed).
     """
-    _check_probs("p_a", p_a)
-    _check_probs("p_b", p_b)
-    if p_a.shape != p_b.shape:
-        raise ValueError(f"views differ in shape: {tuple(p_a.shape)} vs {tuple(p_b.shape)}")
-    if p_a.dtype in (torch.float16, torch.bfloat16):
-        p_a, p_b = p_a.float(), p_b.float()  # logs of small joint entries need the mantissa
-    joint = p_a.transpose(0, 1) @ p_b / p_a.shape[0]  # (K, K)
-    joint = (joint + joint.transpose(0, 1)) / 2
-    joint = joint / joint.sum().clamp_min(Z_EPS)  # sums to 1 up to rounding; exactly 1 here
-    p_c = joint.sum(dim=1, keepdim=True)  # (K, 1)
-    p_c2 = joint.sum(dim=0, keepdim=True)  # (1, K)
-    log_ratio = (
-        torch.log(joint.clamp_min(Z_EPS))
-        - torch.log(p_c.clamp_min(Z_EPS))
-        - torch.log(p_c2.clamp_min(Z_EPS))
-    )  # (K, K)
-    mi = (joint * log_ratio).sum()  # Eq. 3
-    entropy = -(p_c * torch.log(p_c.clamp_min(Z_EPS))).sum()
+    log_p_a, log_p_b = _check_views(log_p_a, log_p_b)
+    n = log_p_a.shape[0]
+    pairs = log_p_a[:, :, None] + log_p_b[:, None, :]  # (N, K, K): log p_a[i, c] p_b[i, c']
+    log_joint = torch.logsumexp(pairs, dim=0) - math.log(n)  # (K, K)
+    # (P + Pᵀ)/2 in log-space.
+    log_joint = torch.logaddexp(log_joint, log_joint.transpose(0, 1)) - math.log(2.0)
+    log_p_c = torch.logsumexp(log_joint, dim=1, keepdim=True)  # (K, 1)
+    log_p_c2 = torch.logsumexp(log_joint, dim=0, keepdim=True)  # (1, K)
+    mi = (log_joint.exp() * (log_joint - log_p_c - log_p_c2)).sum()  # Eq. 3
+    entropy = -(log_p_c.exp() * log_p_c).sum()
     return -mi, {"mi": mi.detach(), "entropy": entropy.detach()}

@@ -34,9 +34,9 @@ class ClusteringStrategy(TwoViewClustering):
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return L_CE + λ·prior (Eq. 3 + 4, or Eq. 7) and its parts."""
-        probs_a, probs_b = self.view_probs(model, batch)
+        log_p_a, log_p_b = self.view_log_probs(model, batch)
         loss, parts = losses.pica_loss(
-            probs_a, probs_b, self.own.lam, prior=self.prior, alpha=self.alpha
+            log_p_a, log_p_b, self.own.lam, prior=self.prior, alpha=self.alpha
         )
         return loss, {"loss_ce": parts["ce"], "loss_prior": parts["prior"]}
 

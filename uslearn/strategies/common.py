@@ -145,26 +145,26 @@ class MultilabelScoring(Scoring):
 class ClusterScoring(Scoring):
     """Validation and final evaluation of a ``cluster`` head through Algorithm 1.
 
-    Every labelled image adds its multi-hot v to the row of its argmax cluster; rows divided
-    by their counts give a soft multi-label v̂_k per cluster (a cluster no labelled image
-    reaches gets the labelled set's label prior). Each val/test image is scored with its
+    Every development image (the paper's D: the run's labelled images by default, or the
+    validation images) adds its multi-hot v to the row of its argmax cluster; rows divided
+    by their counts give a soft multi-label v̂_k per cluster (a cluster no development image
+    reaches gets the development set's label prior). Each val/test image is scored with its
     cluster's v̂, thresholds are fitted on validation and metrics reported on test, with NMI /
     ARI / Hungarian accuracy against the label-combination index.
     """
 
     combinations: metrics.LabelCombinations  # K from the labelled set (Sec. 2.2.3)
     k: int
+    development: np.ndarray  # Algorithm 1's D: the labelled rows or the validation rows
 
     def assignments(self, model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
         """Return the (N,) argmax cluster of each of ``rows``."""
         return self.logits(model, rows, "cluster").argmax(axis=1)
 
     def cluster_labels(self, model: torch.nn.Module) -> np.ndarray:
-        """Return Algorithm 1's (K, C) soft multi-labels from the labelled rows."""
-        labelled = self.rows.labelled
-        return metrics.match_clusters(
-            self.assignments(model, labelled), self.data.labels[labelled], self.k
-        )
+        """Return Algorithm 1's (K, C) soft multi-labels from the development rows."""
+        rows = self.development
+        return metrics.match_clusters(self.assignments(model, rows), self.data.labels[rows], self.k)
 
     def validate(self, model: torch.nn.Module) -> float:
         """Return the weighted F1 on validation of Algorithm 1's cluster → multi-label scores."""
@@ -217,6 +217,8 @@ class TwoViewClustering(ClusterScoring):
 
     keep = "last"  # paper: the weights of the last epoch are evaluated
     patience = None
+    min_steps = 0
+    ema_decay = 0.0
 
     def __init__(self, cfg: TrainConfig, own: ClusteringConfig, data: Dataset, ctx: RunContext):
         self.cfg, self.own, self.data, self.ctx = cfg, own, data, ctx
@@ -227,6 +229,7 @@ class TwoViewClustering(ClusterScoring):
             data.labels[self.rows.labelled], min_count=own.min_combination_count
         )
         self.k = own.k or max(len(self.combinations), 2)
+        self.development = self.rows.val if own.cluster_labels_from == "val" else self.rows.labelled
         self.heads = {"cluster": self.k}
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = own.epochs * self.steps_per_epoch
@@ -236,22 +239,28 @@ class TwoViewClustering(ClusterScoring):
         """Yield both augmented views (x̃, x̂) of each unlabelled exam batch, stacked."""
         for rows in sampled_rows(self.sampler, start_step):
             images = load_batch(self.data.images, rows, device=self.ctx.device)
-            view_a, view_b = augment.pica_views(images, self.cfg.image_size, self.ctx.generator)
+            view_a, view_b = augment.pica_views(
+                images, self.cfg.image_size, self.ctx.generator, first_view=self.own.first_view
+            )
             yield {"x": torch.cat([view_a, view_b]), "n_images": 2 * len(rows)}
 
-    def view_probs(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the (B, K) float32 cluster probabilities of each view of the global batch.
+    def view_log_probs(
+        self, model: torch.nn.Module, batch: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (B, K) float32 cluster log-probabilities of views ·̃ and ·̂ of the global batch.
 
-        Under DDP, B counts every rank's images: the clustering losses are statistics of the
-        whole batch (PICA's M and Z, IIC's joint distribution), so the rows of all ranks are
-        gathered, differentiably (``distributed.gather_rows``).
+        Log-probabilities, not probabilities: the cluster-size priors need log z_k of nearly
+        empty clusters without a floor (``losses.log_cluster_sizes``). Under DDP, B counts
+        every rank's images: the clustering losses are statistics of the whole batch (PICA's M
+        and Z, IIC's joint distribution), so the rows of all ranks are gathered,
+        differentiably (``distributed.gather_rows``).
         """
         # Both views in one forward pass, so BatchNorm normalises them with the same statistics.
-        probs = model(batch["x"])["cluster"].float().softmax(dim=1)  # (2B_r, K)
-        probs_a, probs_b = probs.chunk(2)
+        log_probs = model(batch["x"])["cluster"].float().log_softmax(dim=1)  # (2B_r, K)
+        log_p_a, log_p_b = log_probs.chunk(2)
         # One collective for both views: (B_r, 2K) on each rank → (B, 2K).
-        both = gather_rows(torch.cat([probs_a, probs_b], dim=1))
-        return both.split(probs_a.shape[1], dim=1)
+        both = gather_rows(torch.cat([log_p_a, log_p_b], dim=1))
+        return both.split(log_p_a.shape[1], dim=1)
 
 
 __all__ = [

@@ -32,8 +32,8 @@ class IicStrategy(TwoViewClustering):
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return −I(z, z') (their Eq. 3), with I and the entropy of the cluster sizes to log."""
-        probs_a, probs_b = self.view_probs(model, batch)
-        loss, parts = losses.iic_loss(probs_a, probs_b)
+        log_p_a, log_p_b = self.view_log_probs(model, batch)
+        loss, parts = losses.iic_loss(log_p_a, log_p_b)
         return loss, {"mutual_information": parts["mi"], "cluster_entropy": parts["entropy"]}
 
 

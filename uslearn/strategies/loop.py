@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from uslearn import files, models
 from uslearn.errors import UserError
@@ -63,6 +64,10 @@ class Strategy(Protocol):
         eval_every: steps between evaluations (the last step is always evaluated).
         keep: ``"best"`` validation checkpoint or ``"last"`` one (clustering: the last epoch).
         patience: stop after this many evaluations without validation gain; None = never.
+            With ``eval_every`` in steps this is a patience in optimiser steps.
+        min_steps: never stop early before this step (0 = no minimum).
+        ema_decay: validate, keep and test an exponential moving average of the weights
+            with this decay instead of the weights themselves (0 = off).
     """
 
     heads: dict[str, int]
@@ -71,6 +76,8 @@ class Strategy(Protocol):
     eval_every: int
     keep: str
     patience: int | None
+    min_steps: int
+    ema_decay: float
 
     def batches(self, start_step: int) -> Iterator[dict[str, Any]]:
         """Yield ready batches on the device from global step ``start_step`` on, forever.
@@ -109,6 +116,7 @@ class Training:
         ckpt_dir: ``<out_dir>/checkpoint`` (``checkpoint.pt`` to resume, ``best.pt`` kept).
         record: the run's resolved config (with the dataset fingerprint), stored in every
             checkpoint: a resume compares it with its own.
+        ema: the moving average of ``model``'s weights that is evaluated and kept, or None.
         images_seen, tick: images trained on since the last evaluation, and when it ended.
     """
 
@@ -118,22 +126,35 @@ class Training:
     state: LoopState
     ckpt_dir: Path
     record: dict[str, Any]
+    ema: AveragedModel | None = None
     images_seen: int = 0
     tick: float = field(default_factory=time.perf_counter)
 
+    def evaluated(self) -> torch.nn.Module:
+        """Return the network that is validated and kept: the EMA weights, or the model's."""
+        return self.ema.module if self.ema is not None else _unwrap(self.net)
+
 
 def _save_checkpoints(training: Training, ctx: RunContext, best: bool) -> None:
-    """Write ``checkpoint.pt`` (and ``best.pt`` when ``best``), both or neither (checkpoint.py)."""
-    model = _unwrap(training.net).state_dict()
+    """Write ``checkpoint.pt`` (and ``best.pt`` when ``best``), both or neither (checkpoint.py).
+
+    ``best.pt`` holds the evaluated weights: the weight average's when there is one.
+    """
     payload = {
-        "model": model,
+        "model": _unwrap(training.net).state_dict(),
         "optimizer": training.optimizer.state_dict(),
         "state": asdict(training.state),
         "generator": ctx.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "config": training.record,
     }
-    kept = {"model": model, "config": training.record, "step": training.state.step}
+    if training.ema is not None:
+        payload["ema"] = training.ema.state_dict()
+    kept = {
+        "model": training.evaluated().state_dict(),
+        "config": training.record,
+        "step": training.state.step,
+    }
     checkpoint.save(training.ckpt_dir, payload, kept if best else None)
 
 
@@ -186,7 +207,7 @@ def train(
         UserError: ``resume_from`` is no readable checkpoint, was written with another config
             (only the length may differ) or lies past this run's end.
     """
-    training = prepare(model, ctx, out_dir, resume_from, record)
+    training = prepare(model, ctx, out_dir, resume_from, record, ema_decay=strategy.ema_decay)
     state = training.state
     if state.step > strategy.total_steps:
         raise UserError(
@@ -226,19 +247,26 @@ def prepare(
     out_dir: Path,
     resume_from: str | Path | None = None,
     record: dict[str, Any] | None = None,
+    ema_decay: float = 0.0,
 ) -> Training:
-    """Return the run's ``Training``: model on the device, Adam, resumed state, DDP / compile."""
+    """Return the run's ``Training``: model on the device, Adam, EMA, resumed state, DDP / compile."""
     record = dict(record) if record is not None else asdict(ctx.cfg)
     model = model.to(ctx.device)
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.lr)  # paper: Adam, lr 1e-4 fixed
+    # As torchvision's reference recipes: BatchNorm statistics are averaged with the weights.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        if ema_decay > 0
+        else None
+    )
     # best.pt lives beside checkpoint.pt so that a run resumed elsewhere (a restored Tune
     # trial) still has the best weights seen before the interruption.
     ckpt_dir = out_dir / "checkpoint"
     state = LoopState()
     if resume_from is not None:
-        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, record)
+        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, record, ema)
     net = model
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -247,7 +275,7 @@ def prepare(
     if ctx.cfg.compile:
         net = torch.compile(net)
     net.train()
-    return Training(model, net, optimizer, state, ckpt_dir, record)
+    return Training(model, net, optimizer, state, ckpt_dir, record, ema)
 
 
 def train_step(
@@ -259,6 +287,8 @@ def train_step(
     training.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     training.optimizer.step()
+    if training.ema is not None:
+        training.ema.update_parameters(training.model)
     training.state.step += 1
     training.images_seen += int(batch["n_images"])
     return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in logs.items()}}
@@ -274,16 +304,18 @@ def evaluate_and_checkpoint(
     """Validate, keep the best (or last) weights, save the resume checkpoint and report.
 
     Returns:
-        True when the run should stop early (``strategy.patience`` evaluations without gain).
+        True when the run should stop early: ``strategy.patience`` evaluations without gain,
+        and at least ``strategy.min_steps`` steps done.
     """
-    state, net = training.state, training.net
+    state, net, evaluated = training.state, training.net, training.evaluated()
     elapsed = time.perf_counter() - training.tick
     metrics = {
         **train_logs,
         "train/img_per_s": training.images_seen * ctx.world_size / max(elapsed, 1e-9),
     }
     net.eval()
-    metrics["val/f1_weighted"] = _from_rank0(strategy.validate(_unwrap(net)), ctx)
+    evaluated.eval()
+    metrics["val/f1_weighted"] = _from_rank0(strategy.validate(evaluated), ctx)
     net.train()
     metrics.update(step=float(state.step), epoch=state.step / strategy.steps_per_epoch)
     gained = metrics["val/f1_weighted"] > state.best_score
@@ -300,12 +332,17 @@ def evaluate_and_checkpoint(
         report({**metrics, "best_step": float(state.best_step)}, checkpoint_dir)
     log.debug("step %d %s", state.step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     training.images_seen, training.tick = 0, time.perf_counter()
-    stop = strategy.patience is not None and state.evals_since_gain >= strategy.patience
+    stop = (
+        strategy.patience is not None
+        and state.evals_since_gain >= strategy.patience
+        and state.step >= strategy.min_steps
+    )
     if stop:
         log.info(
-            "early stopping at step %d: no validation gain for %d evaluations",
+            "early stopping at step %d: no validation gain for %d evaluations (best step %d)",
             state.step,
-            strategy.patience,
+            state.evals_since_gain,
+            state.best_step,
         )
     return stop
 
@@ -347,7 +384,13 @@ def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: RunContext) -
 
 
 def _resume(
-    path: Path, model, optimizer, ctx: RunContext, ckpt_dir: Path, record: dict[str, Any]
+    path: Path,
+    model,
+    optimizer,
+    ctx: RunContext,
+    ckpt_dir: Path,
+    record: dict[str, Any],
+    ema: AveragedModel | None = None,
 ) -> LoopState:
     """Load a checkpoint written by ``_save_checkpoints`` (a file or its directory).
 
@@ -361,9 +404,13 @@ def _resume(
             written with another config, or holding weights that do not fit the network.
     """
     file, payload = checkpoint.read_for_resume(path, record)
+    if ema is not None and "ema" not in payload:
+        raise UserError(f"{file}: written without a weight average; resume with ema_decay=0")
     try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(payload["ema"])
         ctx.generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
         state = LoopState(**payload["state"])

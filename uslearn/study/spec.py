@@ -8,6 +8,7 @@ dataclasses before anything is launched (STYLE §1.4). Nothing here imports Ray 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ class Profile:
     """How big a study runs: image size, run length, dataset, seeds and trial resources.
 
     Attributes:
-        name: ``cpu-demo``, ``gpu`` or ``paper``.
+        name: ``cpu-demo``, ``cpu-long``, ``gpu`` or ``paper``.
         dataset: phantom preset generated under ``uslearn.paths.data_dir()`` when no
             ``--data`` is given.
         overrides: ``TrainConfig`` fields set for every trial (they exist for every strategy).
@@ -33,6 +34,8 @@ class Profile:
         max_seeds: keep only the first seeds of a study (None = all of them).
         resources: what one trial asks Ray for.
         reduces: one sentence saying what this profile changes from the paper's protocol.
+        grid_values: grid key -> the only values a study that sweeps it runs under this
+            profile (``cpu-long`` keeps the label fractions 10 % and 100 %).
     """
 
     name: str
@@ -42,8 +45,10 @@ class Profile:
     max_seeds: int | None
     resources: Resources
     reduces: str
+    grid_values: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
+_ONE_CPU = Resources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0)  # per CPU trial
 PROFILES: dict[str, Profile] = {
     "cpu-demo": Profile(
         name="cpu-demo",
@@ -52,11 +57,28 @@ PROFILES: dict[str, Profile] = {
         overrides={"image_size": 32, "eval_every": 0},
         lengths={"epochs": 3, "steps": 60},
         max_seeds=2,
-        resources=Resources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0),
+        resources=_ONE_CPU,
         reduces=(
             "demo phantom, 32 px images, 3 epochs or 60 steps (by the strategy's unit), "
             "2 seeds, 1 CPU per trial"
         ),
+    ),
+    "cpu-long": Profile(
+        name="cpu-long",
+        dataset="demo",
+        # The phantom evidence of docs/RESULTS.md: 4 seeds, and budgets at which PICA and LSD
+        # reach their plateau on the phantom (measured) while unsupervised_table,
+        # lambda_sensitivity and label_fraction fit ~80 min on 2 quiet cores.
+        overrides={"image_size": 32, "batch_exams": 8, "max_images_per_exam": 8},
+        lengths={"epochs": 6, "steps": 150},
+        max_seeds=4,
+        resources=_ONE_CPU,
+        reduces=(
+            "demo phantom, 32 px images, batches of 8 exams × at most 8 images, 6 epochs or "
+            "150 steps (by the strategy's unit), 4 seeds, label fractions 10 % and 100 % only, "
+            "1 CPU per trial"
+        ),
+        grid_values={"label_fraction": (0.1, 1.0)},
     ),
     "gpu": Profile(
         name="gpu",
@@ -310,6 +332,7 @@ def make_plan(
     if keep is not None and keep < 1:
         raise ConfigError(f"--seeds {keep}: expected >= 1")
     seeds = tuple(spec.seeds[:keep] if keep is not None else spec.seeds)
+    spec = _restrict_grid(spec, prof)
     overrides = dict(overrides or {})
     for key, value in overrides.items():
         _refuse_overridden(spec, key, value)
@@ -319,6 +342,25 @@ def make_plan(
         seeds = seeds[:1]
     cells = make_cells(spec)
     return Plan(spec, prof, res, _follow(base, res), cells, seeds, prof.lengths, overrides)
+
+
+def _restrict_grid(spec: StudySpec, prof: Profile) -> StudySpec:
+    """Return ``spec`` with each grid key the profile restricts cut to the profile's values.
+
+    Raises:
+        ConfigError: a restriction leaves a grid key without values.
+    """
+    grid = dict(spec.grid)
+    for key, keep in prof.grid_values.items():
+        if key not in grid:
+            continue
+        grid[key] = [v for v in grid[key] if v in keep]
+        if not grid[key]:
+            raise ConfigError(
+                f"study '{spec.name}': profile '{prof.name}' keeps {key} in {list(keep)}, "
+                f"which the study's values {list(spec.grid[key])} do not include"
+            )
+    return dataclasses.replace(spec, grid=grid)
 
 
 def swept_keys(spec: StudySpec) -> dict[str, str]:
