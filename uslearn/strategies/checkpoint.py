@@ -5,23 +5,43 @@ random states) and the run's resolved config; ``best.pt`` the kept weights with 
 config. Both hold only tensors, numbers, strings and containers, so they load with
 ``torch.load(weights_only=True)``, and ``save`` writes them as a pair, atomically.
 ``read_for_resume`` refuses a file that is no such checkpoint, or whose config differs from
-the resuming run's but for its length (docs/RUNS.md).
+the resuming run's but for its length (docs/RUNS.md); ``restore`` loads one into the resuming
+run and returns its ``LoopState``, the counters that make a resumed run match an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from uslearn import files, models
 from uslearn.errors import UserError
+from uslearn.log import get_logger
+from uslearn.strategies.context import RunContext
 from uslearn.strategies.registry import entry, resume_conflicts
+
+log = get_logger(__name__)
 
 # What ``checkpoint.pt`` holds besides the run's config; a file without them is no checkpoint.
 CHECKPOINT_KEYS = ("model", "optimizer", "state", "generator", "torch_rng")
+
+
+@dataclass
+class LoopState:
+    """Counters that a checkpoint must restore for a resumed run to match an uninterrupted one."""
+
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    evals_since_gain: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def save(ckpt_dir: Path, payload: dict[str, Any], kept: dict[str, Any] | None = None) -> None:
@@ -74,3 +94,49 @@ def read_for_resume(path: Path, record: dict[str, Any]) -> tuple[Path, dict[str,
             "--out"
         )
     return file, payload
+
+
+def restore(
+    path: Path,
+    model,
+    optimizer,
+    ctx: RunContext,
+    ckpt_dir: Path,
+    record: dict[str, Any],
+    ema: AveragedModel | None = None,
+) -> LoopState:
+    """Load the checkpoint at ``path`` (a file or its folder) into the run; return its counters.
+
+    Its config is checked first (``read_for_resume``: the same as ``record`` but for the
+    length). The best weights saved beside it are copied into this run's ``ckpt_dir``
+    (rank 0), so a run resumed into another folder still keeps the best model seen before the
+    interruption.
+
+    Raises:
+        UserError: one line naming the file: missing, unreadable, not a training checkpoint,
+            written with another config, or holding weights that do not fit the network.
+    """
+    file, payload = read_for_resume(path, record)
+    if ema is not None and "ema" not in payload:
+        raise UserError(f"{file}: written without a weight average; resume with ema_decay=0")
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(payload["ema"])
+        ctx.generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        state = LoopState(**payload["state"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{file}: does not fit this run's network ({reason})") from None
+    previous_best = file.parent / "best.pt"
+    if (
+        ctx.is_main
+        and previous_best.is_file()
+        and previous_best.resolve() != (ckpt_dir / "best.pt").resolve()
+    ):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        files.copy_file(previous_best, ckpt_dir / "best.pt", "the best weights")
+    log.info("resumed from %s at step %d", path, state.step)
+    return state

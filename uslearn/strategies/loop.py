@@ -14,7 +14,6 @@ Strategies never call ``backward``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from uslearn import files, models
 from uslearn.errors import UserError
 from uslearn.log import get_logger, progress
 from uslearn.strategies import checkpoint
+from uslearn.strategies.checkpoint import LoopState
 from uslearn.strategies.context import RunContext
 
 log = get_logger(__name__)
@@ -41,17 +41,6 @@ LOG_EVERY = 10  # steps between host syncs: keeps `.item()` off the per-step pat
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss parts."""
-
-
-@dataclass
-class LoopState:
-    """Counters that a checkpoint must restore for a resumed run to match an uninterrupted one."""
-
-    step: int = 0
-    best_score: float = -math.inf
-    best_step: int = -1
-    evals_since_gain: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class Strategy(Protocol):
@@ -266,7 +255,7 @@ def prepare(
     ckpt_dir = out_dir / "checkpoint"
     state = LoopState()
     if resume_from is not None:
-        state = _resume(Path(resume_from), model, optimizer, ctx, ckpt_dir, record, ema)
+        state = checkpoint.restore(Path(resume_from), model, optimizer, ctx, ckpt_dir, record, ema)
     net = model
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -381,49 +370,3 @@ def _flush(pending: list[dict[str, torch.Tensor]], step: int, ctx: RunContext) -
         )
     means = _reduce_mean(stacked.mean(dim=0).to(ctx.device), ctx).cpu()
     return {f"train/{n}": float(v) for n, v in zip(names, means)}
-
-
-def _resume(
-    path: Path,
-    model,
-    optimizer,
-    ctx: RunContext,
-    ckpt_dir: Path,
-    record: dict[str, Any],
-    ema: AveragedModel | None = None,
-) -> LoopState:
-    """Load a checkpoint written by ``_save_checkpoints`` (a file or its directory).
-
-    Its config is checked first (``checkpoint.read_for_resume``: the same as ``record`` but
-    for the length). The best weights saved beside it are copied into this run's ``ckpt_dir``
-    (rank 0), so a run resumed into another folder still keeps the best model seen before the
-    interruption.
-
-    Raises:
-        UserError: one line naming the file: missing, unreadable, not a training checkpoint,
-            written with another config, or holding weights that do not fit the network.
-    """
-    file, payload = checkpoint.read_for_resume(path, record)
-    if ema is not None and "ema" not in payload:
-        raise UserError(f"{file}: written without a weight average; resume with ema_decay=0")
-    try:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(payload["ema"])
-        ctx.generator.set_state(payload["generator"])
-        torch.set_rng_state(payload["torch_rng"])
-        state = LoopState(**payload["state"])
-    except (RuntimeError, ValueError, TypeError, KeyError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{file}: does not fit this run's network ({reason})") from None
-    previous_best = file.parent / "best.pt"
-    if (
-        ctx.is_main
-        and previous_best.is_file()
-        and previous_best.resolve() != (ckpt_dir / "best.pt").resolve()
-    ):
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        files.copy_file(previous_best, ckpt_dir / "best.pt", "the best weights")
-    log.info("resumed from %s at step %d", path, state.step)
-    return state
