@@ -172,7 +172,8 @@ def plain_train_command(study: str, data: str, sets: list[str], out: Path) -> li
     """Return the `uslearn train` command of the study's first trial under the cpu-demo profile."""
     sys.path.insert(0, str(ROOT / "studies"))
     spec = __import__(study).SPEC
-    from uslearn.study.spec import PROFILES, plan_study
+    from uslearn.study.profiles import PROFILES
+    from uslearn.study.spec import plan_study
 
     plan = plan_study(spec, PROFILES["cpu-demo"])
     first = plan.trial_config({"cell": plan.cells[0].name, "seed": plan.seeds[0]})

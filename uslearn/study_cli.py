@@ -22,8 +22,9 @@ from pathlib import Path
 from uslearn.config import finite_float
 from uslearn.data.cli import add_verify_data
 from uslearn.errors import UserError
+from uslearn.study.profiles import PROFILES
 from uslearn.study.resources import PLACEMENTS, Resources
-from uslearn.study.spec import PROFILES, StudySpec
+from uslearn.study.spec import StudySpec
 
 StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"

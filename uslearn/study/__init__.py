@@ -4,9 +4,9 @@ Every ``studies/*.py`` builds a ``StudySpec`` from here and hands it to
 ``uslearn.study_cli.main``, which runs it and then writes its analysis report.
 """
 
+from uslearn.study.profiles import PROFILES
 from uslearn.study.resources import Resources
 from uslearn.study.spec import (
-    PROFILES,
     Choice,
     LogUniform,
     Search,
