@@ -21,9 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--study", required=True, help="study name (the runs' 'study' tag)")
     parser.add_argument(
+        "--mlflow",
         "--tracking-uri",
+        dest="tracking_uri",
+        metavar="URI",
         default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)",
+        help="MLflow tracking URI, as for train and study (default: $MLFLOW_TRACKING_URI or "
+        "sqlite:///runs/mlflow.db); --tracking-uri is the same flag",
     )
     parser.add_argument(
         "--out", default=None, help="output directory (default: <runs dir>/reports/<study>)"
@@ -89,6 +93,6 @@ def _require_store(uri: str) -> None:
     if path == ":memory:" or (os.path.isfile(path) and os.path.getsize(path) > 0):
         return
     raise UserError(
-        f"no MLflow store at {path} (no runs yet, or another --tracking-uri / "
+        f"no MLflow store at {path} (no runs yet, or another --mlflow / "
         "$MLFLOW_TRACKING_URI); nothing was created"
     )

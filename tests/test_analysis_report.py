@@ -137,7 +137,7 @@ def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, 
 @pytest.mark.slow
 def test_report_command_writes_the_html_with_a_bootstrap_interval(store, tmp_path, capsys):
     uri, _ = store
-    args = ["report", "--study", "sweep_study", "--tracking-uri", uri, "--out", str(tmp_path)]
+    args = ["report", "--study", "sweep_study", "--mlflow", uri, "--out", str(tmp_path)]
     assert main([*args, "--interval", "bootstrap", "--no-log"]) == 0
     assert str(tmp_path / "report.html") in capsys.readouterr().out
     assert "percentile bootstrap" in (tmp_path / "report.html").read_text()
