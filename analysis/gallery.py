@@ -81,6 +81,14 @@ def _tile(ax, image: np.ndarray, frame: str | None) -> None:
             spine.set_linewidth(4)
 
 
+def _row_label(ax, text: str, x: float, fontsize: float, color: str | None = None) -> None:
+    """Write a row's name vertically to the left of its first tile."""
+    ax.text(
+        x, 0.5, text, transform=ax.transAxes, rotation=90, ha="right", va="center",
+        fontsize=fontsize, color=color,
+    )  # fmt: skip
+
+
 def _blank(ax, text: str = "") -> None:
     ax.set_axis_off()
     if text:
@@ -149,17 +157,7 @@ def fig7(
                     fontsize=6.5,
                     color=PRED_TEXT,
                 )
-        axes[c, 0].text(
-            -0.12,
-            0.5,
-            name,
-            transform=axes[c, 0].transAxes,
-            rotation=90,
-            ha="right",
-            va="center",
-            fontsize=10,
-            color="white",
-        )
+        _row_label(axes[c, 0], name, x=-0.12, fontsize=10, color="white")
     title = title or (
         "Fig. 7: per class, images where it was found (green: every label right; amber: another "
         "label wrong) and where it was missed or wrongly predicted (red). True labels in white, "
@@ -205,16 +203,7 @@ def contact_sheet(
                 _tile(ax, images[k], None)
                 ax.set_title(captions[k], fontsize=6.5, pad=2)
             if rr == 0:
-                axes[r, 0].text(
-                    -0.1,
-                    0.5,
-                    label,
-                    transform=axes[r, 0].transAxes,
-                    rotation=90,
-                    ha="right",
-                    va="center",
-                    fontsize=9,
-                )
+                _row_label(axes[r, 0], label, x=-0.1, fontsize=9)
         r += n_rows
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(
