@@ -21,14 +21,15 @@ demo: $(STAMP)
 	$(BIN)/python studies/lambda_sensitivity.py
 
 test: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not cluster"
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not cluster and not server"
 
 test-fast: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not ray and not cluster"
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not ray and not cluster and not server"
 
-# Fault tests on a local rehearsal cluster of its own (free ports, its own folders).
+# Fault tests on a local rehearsal cluster and on real tracking servers of their own (free
+# ports, their own folders).
 test-cluster: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m cluster
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "cluster or server"
 
 # A local rehearsal of cluster.yaml (docs/STUDIES.md): a Ray head with Ray's fake multi-node
 # provider (GPU workers autoscale from 0) and the MLflow server on 127.0.0.1; state in runs/cluster.

@@ -87,6 +87,11 @@ def _require_store(uri: str) -> None:
     """Refuse a sqlite store that does not exist or is empty: MLflow would create one."""
     from uslearn.errors import UserError
 
+    if uri.startswith(("http://", "https://")):
+        from uslearn.study.tracking_uri import probe
+
+        probe(uri)  # seconds and one line, not minutes of MLflow's retries
+        return
     if not uri.startswith("sqlite:///"):
         return
     path = uri.removeprefix("sqlite:///").split("?", 1)[0]

@@ -311,7 +311,7 @@ def test_an_unreachable_mlflow_fails_in_seconds_before_the_study_touches_ray(
     assert main(spec, file, [*argv, "--storage", str(tmp_path / "s")]) == 2
     assert time.monotonic() - start < 15
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and wrong in lines[0] and "not reachable" in lines[0]
+    assert len(lines) == 1 and wrong in lines[0] and "unreachable" in lines[0]
     import ray
 
     assert not ray.is_initialized()

@@ -1,4 +1,5 @@
-"""MLflow for studies without Ray: the URI probe, idempotent child runs, links and summaries.
+"""MLflow for studies without Ray: the URI probe, links and summaries (child runs and their
+journal: test_tracking_delivery.py).
 
 Real MLflow on sqlite files in tmp_path; the probe's servers are real sockets.
 """
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 from uslearn.errors import UserError
-from uslearn.study import StudySpec, tracking, tracking_uri
+from uslearn.study import StudySpec, tracking_uri
 from uslearn.study.runner import summary_metrics
 from uslearn.study_cli import main
 
@@ -33,7 +34,7 @@ def test_an_unreachable_server_fails_the_probe_in_seconds_with_one_line():
         tracking_uri.probe(uri, timeout_s=3)
     assert time.monotonic() - start < 10
     message = str(err.value)
-    assert "\n" not in message and uri in message and "not reachable" in message
+    assert "\n" not in message and uri in message and "unreachable" in message
 
 
 def test_a_server_that_never_answers_fails_the_probe_at_its_timeout():
@@ -43,7 +44,7 @@ def test_a_server_that_never_answers_fails_the_probe_at_its_timeout():
         silent.listen(8)
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         start = time.monotonic()
-        with pytest.raises(UserError, match="no answer within 2 s"):
+        with pytest.raises(UserError, match=r"unreachable \(no answer within 2 s\)"):
             tracking_uri.probe(uri, timeout_s=2)
         assert time.monotonic() - start < 8
 
@@ -74,7 +75,7 @@ def test_a_study_with_an_unreachable_mlflow_fails_before_ray_starts(tmp_path, ca
     assert main(spec, str(tmp_path / "probe_fail.py"), argv) == 2
     assert time.monotonic() - start < 15
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not reachable" in err[0] and uri in err[0]
+    assert len(err) == 1 and "unreachable" in err[0] and uri in err[0]
     import ray
 
     assert not ray.is_initialized()
@@ -90,50 +91,7 @@ def test_uslearn_train_with_an_unreachable_mlflow_fails_in_seconds(tiny_phantom,
     assert uslearn([*argv, "--out", str(tmp_path / "out"), "--mlflow", uri]) == 2
     assert time.monotonic() - start < 10
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "not reachable" in lines[0] and uri in lines[0]
-
-
-def _child(uri: str, exp_id: str, parent: str, trial: str = "t1") -> tracking.TrackedRun:
-    return tracking.TrackedRun(
-        uri, exp_id, "cell seed=0", {"cell": "cell"}, parent_id=parent, trial_id=trial
-    )
-
-
-def test_a_retried_trial_logs_each_step_and_its_final_metrics_once(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_id = tracking.experiment_id(uri, "idempotent")
-    parent = tracking.start_parent(uri, exp_id, "idempotent", {}, {})
-    first = _child(uri, exp_id, parent)
-    for step in (10, 20):
-        first.log_metrics({"step": step, "train/loss": 1.0 / step})
-    first.log_metrics({"test/f1_weighted": 0.5, "val/f1_weighted": 0.4}, final=True)
-    # The trial's process dies here (before it ends the run); Tune restarts it from its
-    # checkpoint at step 10, so step 20 and the final metrics are computed again.
-    retry = _child(uri, exp_id, parent)
-    assert retry.run_id == first.run_id
-    retry.log_metrics({"step": 20, "train/loss": 0.05})
-    retry.log_metrics({"step": 30, "train/loss": 1.0 / 30})
-    retry.log_metrics({"test/f1_weighted": 0.5, "val/f1_weighted": 0.4}, final=True)
-    retry.finish("FINISHED")
-    mlc = tracking.client(uri)
-    steps = [m.step for m in mlc.get_metric_history(first.run_id, "train/loss")]
-    assert steps == [10, 20, 30]
-    assert len(mlc.get_metric_history(first.run_id, "test/f1_weighted")) == 1
-
-
-def test_a_duplicate_child_run_from_a_retried_create_is_removed(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_id = tracking.experiment_id(uri, "dupes")
-    parent = tracking.start_parent(uri, exp_id, "dupes", {}, {})
-    mlc = tracking.client(uri)
-    tags = {"mlflow.parentRunId": parent, "study_run_id": parent, "trial_id": "t1"}
-    # What a create request sent twice leaves: two runs of one trial.
-    older = mlc.create_run(exp_id, run_name="a", tags=tags).info.run_id
-    time.sleep(0.01)
-    newer = mlc.create_run(exp_id, run_name="a", tags=tags).info.run_id
-    assert tracking._one_child(mlc, exp_id, parent, "t1", newer) == older
-    assert mlc.get_run(newer).info.lifecycle_stage == "deleted"
-    assert tracking.find_child(uri, exp_id, parent, "t1") == older
+    assert len(lines) == 1 and "unreachable" in lines[0] and uri in lines[0]
 
 
 def test_links_open_the_runs_table():
@@ -186,3 +144,29 @@ def test_the_parent_run_describes_the_study(tmp_path):
     )
     text = description(make_plan(spec, "cpu-demo"), inv)
     assert "Fig. 9: a title" in text and "`python studies/described.py --seeds 1`" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "--model", "models:/lsd-demo/1", "--data", "{data}", "--out", "{out}/p.csv"],
+        ["curate", "--model", "models:/lsd-demo/1", "--data", "{data}", "--out", "{out}/c"],
+        ["register", "--run", "0123456789abcdef", "--name", "lsd-demo"],
+        ["report", "--study", "lambda_sensitivity", "--out", "{out}/r"],
+    ],
+    ids=["predict", "curate", "register", "report"],
+)
+def test_commands_that_read_mlflow_say_unreachable_in_seconds(
+    command, tiny_phantom, tmp_path, capsys
+):
+    from uslearn.cli import main as uslearn
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    argv = [part.format(data=tiny_phantom, out=tmp_path) for part in command]
+    start = time.monotonic()
+    assert uslearn([*argv, "--mlflow", uri]) == 2
+    assert time.monotonic() - start < 15
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0] and uri in lines[0], lines
+    assert "not found" not in lines[0]
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every sub-command (data, train, study, report, and
     register, predict, curate: using a trained model)."""
     from analysis import cli as report_cli
-    from uslearn import predict_cli, study_cli, train_cli
+    from uslearn import predict_cli, study_cli, sync_cli, train_cli
     from uslearn.data import cli as data_cli
     from uslearn.phantom import cli as phantom_cli
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-v: debug)"
     )
     sub = parser.add_subparsers(
-        dest="command", metavar="{data,train,study,report,register,predict,curate}"
+        dest="command", metavar="{data,train,study,report,register,predict,curate,sync}"
     )
     sub.required = True
     phantom_cli.register(data_cli.register(sub))
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_cli.register(sub)
     report_cli.register(sub)
     predict_cli.register(sub)
+    sync_cli.register(sub)
     return parser
 
 
@@ -73,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"uslearn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        from uslearn.study.delivery import tracking_fault
+
+        line = tracking_fault(err)
+        if line is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"uslearn {args.command}: error: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -120,10 +120,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg.set_defaults(func=_register)
 
 
-def _tracking_uri(args: argparse.Namespace) -> str:
-    from uslearn.paths import default_tracking_uri
+def _tracking_uri(args: argparse.Namespace, model: str | None = None) -> str:
+    """Return the tracking URI, checked within seconds when the command will talk to it.
 
-    return args.mlflow or default_tracking_uri()
+    ``model``: the --model given; a model folder needs no tracking server, a ``runs:/`` or
+    ``models:/`` reference does (``register`` always does: it passes None).
+    """
+    from uslearn.paths import default_tracking_uri
+    from uslearn.study.tracking_uri import probe
+
+    uri = args.mlflow or default_tracking_uri()
+    if model is None or model.startswith(("runs:/", "models:/")):
+        probe(uri)  # seconds and one line, not MLflow's retries then "not found"
+    return uri
 
 
 def _check_out(path: Path, overwrite: bool) -> None:
@@ -153,6 +162,7 @@ def _open_source(args: argparse.Namespace, package):
 
 
 def _predict(args: argparse.Namespace) -> int:
+    uri = _tracking_uri(args, args.model)  # before the heavy imports: seconds for a bad URI
     from uslearn.data.rejected import show_skipped, write_rejected
     from uslearn.inference import output
     from uslearn.inference.score import rejection_summary, score_source
@@ -163,7 +173,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".csv", ".parquet"):
         raise UserError(f"--out {args.out}: expected a .csv or .parquet file")
     _check_out(args.out, args.overwrite)
-    package = open_model(args.model, _tracking_uri(args))
+    package = open_model(args.model, uri)
     source = _open_source(args, package)
     if args.ray:
         from uslearn.inference.ray_batch import score_source_ray
@@ -217,6 +227,7 @@ def _labelled_report(package, scored, data, out: Path) -> None:
 
 
 def _curate(args: argparse.Namespace) -> int:
+    uri = _tracking_uri(args, args.model)  # before the heavy imports: seconds for a bad URI
     import shutil
     import tempfile
 
@@ -230,7 +241,7 @@ def _curate(args: argparse.Namespace) -> int:
     if args.per_sheet < 1 or args.rank < 1:
         raise UserError("--per-sheet and --rank: expected >= 1")
     _check_out(args.out, args.overwrite)
-    package = open_model(args.model, _tracking_uri(args))
+    package = open_model(args.model, uri)
     if not package.is_clustering:
         raise UserError(
             f"--model {args.model}: a {package.family} model ({package.strategy}); curate needs "

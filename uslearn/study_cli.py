@@ -21,7 +21,7 @@ from pathlib import Path
 
 from uslearn.config import finite_float
 from uslearn.data.cli import add_verify_data
-from uslearn.errors import UserError
+from uslearn.errors import EnvError, UserError
 from uslearn.study.profiles import PROFILES
 from uslearn.study.resources import PLACEMENTS, Resources
 from uslearn.study.spec import StudySpec
@@ -174,6 +174,17 @@ def main(study: StudyLike, study_file: str, argv: list[str] | None = None) -> in
     except KeyboardInterrupt:
         print(f"{name}: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except EnvError as err:
+        print(f"{name}: error: {err}; continue with --resume", file=sys.stderr)
+        return 1
+    except Exception as err:
+        from uslearn.study.delivery import tracking_fault
+
+        line = tracking_fault(err)
+        if line is None:
+            raise
+        print(f"{name}: error: {line}; continue with --resume", file=sys.stderr)
+        return 1
 
 
 def _resources(base: Resources, args: argparse.Namespace) -> Resources:

@@ -21,6 +21,7 @@ from uslearn.data.dataset import Dataset
 from uslearn.data.target import normalise, target_lock
 from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
 from uslearn.strategies.registry import STRATEGY_NAMES, config_classes, resolved_config
+from uslearn.study.journal import FOLDER as JOURNAL_FOLDER
 from uslearn.study.tracking import RUN_FILES
 
 # Flags whose name in the issue/paper differs from the config field.
@@ -198,6 +199,7 @@ def _run_tracked(
         tracking.experiment_id(args.mlflow, args.experiment),
         run_name,
         {"git_sha": tracking.git_sha()},
+        run_dir=args.out,
     )
     # data_verified says how far the fingerprint logged was checked against the files.
     params = tracking.run_params(config, data.fingerprint, data_verified=args.verify_data)
@@ -215,7 +217,7 @@ def _check_init(init: str) -> None:
 
 
 # What ``uslearn train`` writes into --out; any other name there is someone else's file.
-OUTPUT_NAMES = frozenset((*RUN_FILES, "checkpoint"))
+OUTPUT_NAMES = frozenset((*RUN_FILES, "checkpoint", JOURNAL_FOLDER))
 # Temporary files of ``uslearn.files.replacing`` (``.<name>.tmp-<pid>``) that a kill left.
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)")
 
@@ -257,6 +259,8 @@ def _foreign(out: Path) -> list[str]:
                 for p in entry.iterdir()
                 if not _is_leftover(p) and not (run and p.name in ("checkpoint.pt", "best.pt"))
             ]
+        elif entry.name == JOURNAL_FOLDER and (entry / "run.json").is_file():
+            continue  # the MLflow journal of a run started with --mlflow (study/journal.py)
         elif not (run and entry.name in RUN_FILES):
             foreign.append(entry.name)
     return sorted(foreign)

@@ -1,6 +1,6 @@
 """Logging a finished run's model: its package as the MLflow model ``model`` of the run.
 
-``tracking.TrackedRun.log_artifacts`` calls ``log_run_model`` when a run finishes, so
+``tracking.TrackedRun.log_artifacts`` journals it when a run finishes (``send_run_files``), so
 ``uslearn train --mlflow`` and study trials log it the same way: the ``python_function``
 flavour of ``uslearn.inference.pyfunc`` with a signature, the package directory as its artifact
 ``package`` and the package's facts as metadata and tags. The kept weights (``best.pt``) are
@@ -28,16 +28,52 @@ MODEL_NAME = "model"  # the logged model's name within its run: runs:/<run id>/m
 IN_MODEL = ("best.pt", "package.json")
 
 
+def send_run_files(tracking_uri: str):
+    """Return how a run's journalled ``artifacts`` entry is sent: ``send(run_id, entry)``.
+
+    The entry names the output folder, the dataset and whether to log the model. Sending it
+    again (a replay after a lost answer) uploads the same files over themselves and logs the
+    model only if the run has no usable one yet.
+    """
+    from uslearn.study.tracking import RUN_FILES, client
+
+    def send(run_id: str, entry) -> None:
+        mlc = client(tracking_uri)
+        out_dir = Path(entry["out_dir"])
+        for name in RUN_FILES:
+            if name not in IN_MODEL and (out_dir / name).is_file():
+                mlc.log_artifact(run_id, str(out_dir / name))
+        if entry.get("model", True) and not _has_model(mlc, run_id):
+            log_run_model(mlc, run_id, out_dir, entry["data"])
+
+    return send
+
+
+def _has_model(mlc, run_id: str) -> bool:
+    from mlflow.entities import LoggedModelStatus
+
+    run = mlc.get_run(run_id)
+    models = mlc.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
+    )
+    return any(m.status == LoggedModelStatus.READY for m in models)
+
+
 def log_run_model(mlc, run_id: str, out_dir: str | Path, data) -> None:
     """Log the run's package as its MLflow model ``model``; never fail the finished run.
 
     A model that cannot be logged leaves a warning, the tag ``model_error`` (why, one line)
     and ``best.pt`` as a run artifact instead, so the weights are kept either way.
     """
+    from uslearn.study.delivery import is_transient
+
     out_dir = Path(out_dir)
     try:
         log_model(mlc, run_id, out_dir, data)
     except Exception as err:  # noqa: BLE001 - a finished run stays finished
+        if is_transient(err):
+            raise  # the server is away: the journal keeps the entry and sends it again
         why = first_line(err)
         log.warning("run %s: its model could not be logged (%s)", run_id, why)
         mlc.set_tag(run_id, "model_error", why[:500])

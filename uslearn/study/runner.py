@@ -19,9 +19,11 @@ from typing import Any
 
 import pandas as pd
 
+from uslearn import files
 from uslearn.errors import UserError
 from uslearn.log import get_logger
 from uslearn.study import tracking
+from uslearn.study.delivery import patiently
 from uslearn.study.resources import concurrency
 from uslearn.study.spec import Plan
 from uslearn.study.trial import TrialContext, trial_name, tune_trial
@@ -304,16 +306,57 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         parallel,
         parent,
     )
+    if inv.resume:
+        _send_kept(ctx, "before the resumed trials start")
     status = "FAILED"
     try:
         grid = build_tuner(plan, ctx, inv, parallel).fit()
         frame = results_frame(plan, grid)
-        tracking.log_summary(inv.tracking_uri, parent, summary_metrics(frame))
+        frame.to_csv(inv.exp_dir / "results.csv", index=False)
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
+        kept = _send_kept(ctx, "at the end of the study")
+        _record(state_path, kept_writes=kept)
+        patiently(
+            inv.tracking_uri,
+            "logging the study's summary",
+            lambda: tracking.log_summary(inv.tracking_uri, parent, summary_metrics(frame)),
+        )
     finally:
-        tracking.finish(inv.tracking_uri, parent, status)
-    frame.to_csv(inv.exp_dir / "results.csv", index=False)
+        patiently(
+            inv.tracking_uri,
+            "ending the study's parent run",
+            lambda: tracking.finish(inv.tracking_uri, parent, status),
+        )
     return frame
+
+
+def _send_kept(ctx: TrialContext, when: str) -> dict[str, int]:
+    """Send what trials kept in their journals (the server was away); return what is left.
+
+    Returns:
+        trial folder name -> writes still kept, for the trials that keep some.
+    """
+    from uslearn.study.delivery import replay
+    from uslearn.study.journal import pending_journals
+
+    journals = pending_journals(ctx.out_root)
+    if not journals:
+        return {}
+    log.info("sending the MLflow writes %d trial(s) kept, %s", len(journals), when)
+    left = {}
+    for journal in journals:
+        run_dir = journal.folder.parent
+        still = replay(ctx.tracking_uri, run_dir)
+        if still:
+            left[run_dir.name] = still
+    return left
+
+
+def _record(state_path: Path, **fields) -> None:
+    """Add ``fields`` to the study's state file (study.json)."""
+    state = json.loads(state_path.read_text())
+    state.update(fields)
+    files.write_text(state_path, json.dumps(state, indent=2) + "\n", "the study state")
 
 
 def description(plan: Plan, inv: Invocation) -> str:

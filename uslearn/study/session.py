@@ -175,6 +175,12 @@ def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
     failed = frame[frame["status"] != "ok"]
     if not failed.empty:
         lines.append(f"{len(failed)} trial(s) failed: continue them with --resume")
+    kept = state.get("kept_writes") or {}
+    if kept:
+        lines.append(
+            f"{len(kept)} trial(s) keep {sum(kept.values())} MLflow write(s) the server did not "
+            f"take ({', '.join(sorted(kept))}): --resume sends them"
+        )
     lines.append(
         f"MLflow: parent run {parent}, experiment '{plan.spec.name}' at {inv.tracking_uri}"
     )

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -66,6 +67,12 @@ def client(tracking_uri: str):
     # MLflow prints "View run/experiment at" links when a run ends on a server; they open the
     # GenAI overview, not the runs table (see runs_table_url), so the study prints its own.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's client would retry an unreachable server for minutes in silence; every longer
+    # wait is ours, and announced (delivery.py).
+    from uslearn.study.delivery import HTTP_DEFAULTS
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -152,28 +159,16 @@ def log_params(mlc, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def find_child(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str) -> str | None:
-    """Return the id of the child run of ``parent_id`` for Tune trial ``trial_id``, if any."""
+    """Return the id of the child run of ``parent_id`` for Tune trial ``trial_id``, if any.
+
+    A search: asked only when a trial's journal cannot say (a create whose answer was lost).
+    """
     runs = client(tracking_uri).search_runs(
         [exp_id],
         filter_string=f"tags.study_run_id = '{parent_id}' and tags.trial_id = '{trial_id}'",
         max_results=2,
     )
     return runs[0].info.run_id if runs else None
-
-
-def finished_metrics(
-    tracking_uri: str, exp_id: str, parent_id: str, trial_id: str
-) -> dict[str, float] | None:
-    """Return the final metrics of trial ``trial_id`` if its child run already FINISHED.
-
-    A driver killed between a trial's end and Tune's next state snapshot leaves the trial
-    unfinished for Tune but finished in MLflow; on ``--resume`` it must not run again.
-    """
-    run_id = find_child(tracking_uri, exp_id, parent_id, trial_id)
-    if run_id is None:
-        return None
-    run = client(tracking_uri).get_run(run_id)
-    return dict(run.data.metrics) if run.info.status == "FINISHED" else None
 
 
 def run_params(config: Mapping[str, Any], fingerprint: str, **extra: Any) -> dict[str, Any]:
@@ -187,8 +182,11 @@ def run_params(config: Mapping[str, Any], fingerprint: str, **extra: Any) -> dic
 class TrackedRun:
     """The MLflow run of one training run: a study trial's child run or a standalone run.
 
-    A trial's run (``parent_id`` and ``trial_id`` given) is created once and reused by the
-    trial's retries and resumes; a standalone run (``uslearn train --mlflow``) is always new.
+    Every write goes through the run's journal in ``run_dir/tracking/`` (``journal.Journal``)
+    and is sent by ``delivery.Delivery``: a server that is away or busy never fails the run,
+    and what it could not take is sent, in order and once, when it answers again. The journal
+    also makes the run's identity local: a trial retried or resumed in the same folder
+    continues its run without searching for it, and a new trial's run costs one request.
 
     Args:
         tracking_uri: the tracking URI.
@@ -197,6 +195,8 @@ class TrackedRun:
         tags: extra tags (``study``, ``cell``, ``git_sha``, ``dataset_fingerprint``, ...).
         parent_id: the study's parent run id (None for a standalone run).
         trial_id: the Tune trial id, stable across restore and retries (None: standalone).
+        run_dir: the run's output folder, home of its journal (None: a temporary folder, so
+            nothing survives the process).
     """
 
     def __init__(
@@ -207,102 +207,126 @@ class TrackedRun:
         tags: Mapping[str, str],
         parent_id: str | None = None,
         trial_id: str | None = None,
+        run_dir: str | Path | None = None,
     ):
-        self.mlc = client(tracking_uri)
-        existing = None
-        if parent_id is not None and trial_id is not None:
-            existing = find_child(tracking_uri, exp_id, parent_id, trial_id)
-        self.last_step = -math.inf
-        self.final_logged = False
-        if existing is None:
+        from uslearn.study.delivery import Delivery
+        from uslearn.study.journal import Journal
+        from uslearn.study.run_model import send_run_files
+
+        folder = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="usl-run-"))
+        self.journal = Journal(folder)
+        label = f"trial {run_name}" if trial_id is not None else f"run {folder}"
+
+        def find_existing() -> str | None:
+            if parent_id is None or trial_id is None:
+                return None
+            return find_child(tracking_uri, exp_id, parent_id, trial_id)
+
+        self.delivery = Delivery(
+            tracking_uri, self.journal, label, find_existing, send_run_files(tracking_uri)
+        )
+        if self.journal.run_id is None and not self.journal.entries:
             study_tags = (
                 {"mlflow.parentRunId": parent_id, "study_run_id": parent_id, "trial_id": trial_id}
                 if parent_id is not None
                 else {}
             )
             all_tags = {**study_tags, "uslearn_version": __version__, **tags}
-            self.run_id = self.mlc.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
-            if parent_id is not None:
-                self.run_id = _one_child(self.mlc, exp_id, parent_id, trial_id, self.run_id)
+            self.delivery.write(
+                "create",
+                experiment_id=exp_id,
+                run_name=run_name,
+                tags=all_tags,
+                time=_now_ms(),
+                tracking_uri=tracking_uri,  # what ``uslearn sync`` sends a kept journal to
+            )
         else:
-            self.run_id = existing
-            self.mlc.update_run(existing, status="RUNNING")
-            # Evaluations logged before the interruption are replayed from the checkpoint's
-            # step on; skip the ones already in MLflow so each step appears once.
-            data = self.mlc.get_run(existing).data
-            self.last_step = data.metrics.get("step", -math.inf)
-            self.final_logged = data.tags.get(FINAL_TAG) == "true"
-            log.info("trial %s: continuing MLflow run %s", trial_id, existing)
+            # A retried trial or a resumed run: evaluations before the interruption are
+            # replayed from the checkpoint's step on and skipped here (each step appears once).
+            self.delivery.write("reopen")
+            log.info("%s: continuing its MLflow run %s", label, self.journal.run_id or "(pending)")
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log the run's params (identical values may be logged again on a retry)."""
-        log_params(self.mlc, self.run_id, params)
+    @property
+    def run_id(self) -> str | None:
+        """Return the MLflow run id (None while the server has not yet taken the create)."""
+        return self.journal.run_id
+
+    @property
+    def backlog(self) -> int:
+        """Return the number of writes kept in the journal, not yet sent."""
+        return self.delivery.backlog
+
+    def log_params(self, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> None:
+        """Log the run's params (and ``tags``) in one request where MLflow's limits allow."""
+        # A resumed run keeps the values it logged first (MLflow refuses a changed param; a
+        # resume may change only the run's length).
+        logged = {k for e in self.journal.entries for k, _ in e.get("params", ())}
+        items = [[k, str(v)] for k, v in params.items() if k not in logged]
+        tag_items = [[k, str(v)] for k, v in (tags or {}).items()]
+        for start in range(0, len(items), PARAM_BATCH):
+            self.journal.append("batch", params=items[start : start + PARAM_BATCH])
+        if tag_items:
+            self.journal.append("batch", tags=tag_items)
+        self.delivery.flush()
 
     def log_metrics(self, metrics: Mapping[str, float], final: bool = False) -> None:
         """Log one evaluation's metrics at its ``step`` (all final metrics when ``final``)."""
-        from mlflow.entities import Metric, RunTag
-
         step = metrics.get("step")
-        if not final and step is not None and step <= self.last_step:
+        if not final and step is not None and step <= self.journal.last_step:
             return
-        if final and self.final_logged:
+        if final and self.journal.final_logged:
             return
-        now = int(time.time() * 1000)
+        now = _now_ms()
+        last = self.journal.last_step
         # Final (test) metrics carry no step of their own: put them at the last evaluation's.
-        at = step if step is not None else (self.last_step if math.isfinite(self.last_step) else 0)
-        at = int(at)
+        at = int(step if step is not None else (last if math.isfinite(last) else 0))
         items = [
-            Metric(k, float(v), now, at)
+            [k, float(v), now, at]
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))
         ]
-        # One request (one transaction on the server): a retried request carries the same
-        # timestamps, which the server's store takes once, and the tag marks the final
-        # metrics as logged for a retried trial.
-        tags = [RunTag(FINAL_TAG, "true")] if final else []
-        self.mlc.log_batch(self.run_id, metrics=items, tags=tags)
-        self.final_logged = self.final_logged or final
-        if step is not None:
-            self.last_step = max(self.last_step, step)
+        tags = [[FINAL_TAG, "true"]] if final else []
+        self.delivery.write("batch", metrics=items, tags=tags, final=final)
 
-    def log_artifacts(self, out_dir: str | Path, data: Any) -> None:
-        """Upload the run's output files and log its model package as the MLflow model ``model``
-        (``run_model.log_run_model``: the kept weights are stored there, once)."""
-        from uslearn.study.run_model import IN_MODEL, log_run_model
-
-        for name in RUN_FILES:
-            if name not in IN_MODEL and (Path(out_dir) / name).is_file():
-                self.mlc.log_artifact(self.run_id, str(Path(out_dir) / name))
-        log_run_model(self.mlc, self.run_id, out_dir, data)
+    def log_artifacts(self, out_dir: str | Path, data: Any, model: bool = True) -> None:
+        """Upload the run's output files and (``model``) log its package as the MLflow model
+        ``model`` (``run_model.send_run_files``: the kept weights are stored there, once)."""
+        self.delivery.write(
+            "artifacts",
+            out_dir=str(Path(out_dir).resolve()),
+            data=str(_data_path(data)),
+            model=model,
+        )
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set tags on the run."""
-        for key, value in tags.items():
-            self.mlc.set_tag(self.run_id, key, str(value))
+        """Set tags on the run (one request)."""
+        self.delivery.write("batch", tags=[[k, str(v)] for k, v in tags.items()])
 
-    def finish(self, status: str) -> None:
-        """End the run with ``status``."""
-        self.mlc.set_terminated(self.run_id, status=status)
+    def finish(self, status: str) -> int:
+        """End the run with ``status``; return the writes still kept (sent by a later replay)."""
+        from uslearn.study.delivery import AT_END
+
+        self.delivery.write("end", patience=AT_END, status=status, time=_now_ms())
+        left = self.journal.pending()
+        if left:
+            evaluations = sum(
+                1 for e in left if e["op"] == "batch" and e.get("metrics") and not e.get("final")
+            )
+            log.warning(
+                "%s ended with %d evaluation(s) and %d other write(s) not sent to MLflow at %s, "
+                "kept in %s (sent by the next --resume of its study, or: uslearn sync %s)",
+                self.delivery.label, evaluations, len(left) - evaluations, self.delivery.uri,
+                self.journal.path, self.journal.folder.parent,
+            )  # fmt: skip
+        return len(left)
 
 
-def _one_child(mlc, exp_id: str, parent_id: str, trial_id: str, created: str) -> str:
-    """Return the trial's one child run id, deleting duplicates a retried request created.
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
-    A create request that reached the server just before it restarted is sent again by the
-    client's retries, and MLflow has no idempotent create: keep the oldest run of the trial.
-    """
-    runs = mlc.search_runs(
-        [exp_id],
-        filter_string=f"tags.study_run_id = '{parent_id}' and tags.trial_id = '{trial_id}'",
-        max_results=10,
-    )
-    if len(runs) <= 1:
-        return created
-    keep, *extra = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
-    for run in extra:
-        mlc.delete_run(run.info.run_id)
-    log.warning("trial %s: deleted %d duplicate MLflow run(s)", trial_id, len(extra))
-    return keep.info.run_id
+
+def _data_path(data: Any) -> Path:
+    return Path(getattr(data, "root", data)).resolve()
 
 
 def tracked_run(
@@ -346,3 +370,21 @@ def tracked_run(
         tracked.log_artifacts(out_dir, data)
         tracked.finish("FINISHED")
     return final
+
+
+def end_journalled_run(
+    tracking_uri: str, run_dir: str | Path, status: str, tags: Mapping[str, str]
+) -> None:
+    """End the run journalled in ``run_dir`` with ``status`` and ``tags`` (if it has one).
+
+    For a run whose own process is gone (a DDP trial's workers stopped by the scheduler).
+    """
+    from uslearn.study.delivery import AT_END, Delivery
+    from uslearn.study.journal import Journal
+
+    journal = Journal(run_dir)
+    if not journal.entries:
+        return
+    delivery = Delivery(tracking_uri, journal, f"run {Path(run_dir).name}")
+    journal.append("batch", tags=[[k, str(v)] for k, v in tags.items()])
+    delivery.write("end", patience=AT_END, status=status, time=_now_ms())

@@ -53,9 +53,9 @@ def _probe_server(base: str, timeout_s: float) -> None:
         except (TimeoutError, OSError) as err:
             reason = getattr(err, "reason", err)
             what = (
-                f"no answer within {timeout_s:g} s"
+                f"unreachable (no answer within {timeout_s:g} s)"
                 if "timed out" in str(reason)
-                else f"not reachable ({reason})"
+                else f"unreachable ({reason})"
             )
             raise UserError(f"MLflow tracking URI {base}: {what}; {hint}") from None
 

@@ -126,12 +126,14 @@ def run_logged(
         node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
     from uslearn.data.staging import staged_dataset
-    from uslearn.study.tracking import TrackedRun, finished_metrics, run_params, tracked_run
+    from uslearn.study.tracking import TrackedRun, run_params, tracked_run
 
     flat = ctx.plan.trial_config(tune_config)
     out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
-    # Every rank asks MLflow (not rank 0's disk), so that all ranks take the same branch.
-    done = finished_metrics(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
+    # The trial's journal (its folder, on the study's storage) says whether it already
+    # finished: a driver killed between a trial's end and Tune's next snapshot leaves it
+    # unfinished for Tune. Rank 0 decides for every rank (the folder may not be shared).
+    done = _agreed(finished_trial(ctx.tracking_uri, out_dir) if rank == 0 else None)
     if done is not None:
         log.info("trial %s finished before the study was interrupted; not run again", trial_id)
         report(for_tune(done), None)
@@ -150,28 +152,66 @@ def run_logged(
             tags,
             parent_id=ctx.parent_run_id,
             trial_id=trial_id,
+            run_dir=out_dir,
         )
-        child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name))
-        child.set_tags({"out_dir": str(out_dir), **(node_tags or {})})
+        run_tags = {"out_dir": str(out_dir), **(node_tags or {})}
         if resume_dir is not None:
             # A retried trial (its process or node died) or a resumed study: say from where.
-            child.set_tags({"resumed_from": str(follow_pointer(resume_dir))})
+            run_tags["resumed_from"] = str(follow_pointer(resume_dir))
+        child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name), run_tags)
 
     def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         report(for_tune(metrics), pointer_checkpoint(checkpoint_dir) if checkpoint_dir else None)
 
     # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
     final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
+    kept = 0
     if child is not None:
+        kept = child.backlog
         # A finished trial is never resumed, and its weights are now in MLflow (its model):
         # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
         shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
         shutil.rmtree(out_dir / "tune_checkpoint", ignore_errors=True)
-        (out_dir / "best.pt").unlink(missing_ok=True)
+        if not kept:  # the model is not sent yet: its journal entry still needs best.pt
+            (out_dir / "best.pt").unlink(missing_ok=True)
     # The last report carries the test metrics, so Tune's results (and the end-of-study
-    # summary) hold them too, not only MLflow.
-    report(for_tune(final), None)
+    # summary) hold them too, not only MLflow; ``tracking/kept`` counts unsent writes.
+    report({**for_tune(final), KEPT_METRIC: float(kept)}, None)
     return final
+
+
+KEPT_METRIC = "tracking/kept"
+
+
+def finished_trial(tracking_uri: str, out_dir: Path) -> dict[str, float] | None:
+    """Return a trial's final metrics if its journal says it finished (sending what it kept).
+
+    Args:
+        tracking_uri: where the trial's run lives.
+        out_dir: the trial's folder.
+    """
+    from uslearn.study.delivery import replay
+    from uslearn.study.journal import Journal
+
+    journal = Journal(out_dir)
+    if journal.end_status != "FINISHED":
+        return None
+    if journal.pending():
+        replay(tracking_uri, out_dir)
+    return journal.final_metrics()
+
+
+def _agreed(value: Any) -> Any:
+    """Return rank 0's ``value`` on every rank of the trial's process group (as is without one)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return value
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -272,12 +312,12 @@ def _fit_trainer(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> No
     try:
         trainer.fit()
     except SystemExit:
-        # Stopped by the Tune scheduler: the workers are gone, so close rank 0's run here.
-        from uslearn.study.tracking import client, find_child
+        # Stopped by the Tune scheduler: the workers are gone, so close rank 0's run here,
+        # through the trial's journal.
+        from uslearn.study.tracking import end_journalled_run
 
-        run_id = find_child(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
-        if run_id is not None:
-            mlc = client(ctx.tracking_uri)
-            mlc.set_tag(run_id, "stopped_early", "by the Tune scheduler")
-            mlc.set_terminated(run_id, status="KILLED")
+        out_dir = Path(ctx.out_root) / trial_name(ctx.plan, config, trial_id)
+        end_journalled_run(
+            ctx.tracking_uri, out_dir, "KILLED", {"stopped_early": "by the Tune scheduler"}
+        )
         raise
