@@ -9,7 +9,7 @@
 #
 # Settings (environment): RAY_PORT (6379), MLFLOW_PORT (5000), RAY_DASHBOARD_PORT (8265),
 # RAY_CLIENT_PORT (10001), RAY_DASHBOARD_AGENT_PORT (52365), USLEARN_CLUSTER_STATE (runs/cluster: pids, logs, the MLflow store
-# and artifacts, staged datasets), RAY_TEMP_DIR (Ray's session files; default Ray's own, so
+# and artifacts, staged datasets), USLEARN_REHEARSAL_CONFIG (cluster/rehearsal.yaml), RAY_TEMP_DIR (Ray's session files; default Ray's own, so
 # that `--address auto` finds the cluster), PYTHON (.venv/bin/python).
 set -euo pipefail
 
@@ -53,7 +53,7 @@ up() {
     else
         # The autoscaling config with this head's GCS address, and the head's resources read
         # from the same file (so the two cannot disagree).
-        head_flags=$("$python" - "$here/rehearsal.yaml" "$state/autoscaling.yaml" "$node_ip:$ray_port" <<'EOF'
+        head_flags=$("$python" - "${USLEARN_REHEARSAL_CONFIG:-$here/rehearsal.yaml}" "$state/autoscaling.yaml" "$node_ip:$ray_port" <<'EOF'
 import json, sys
 import yaml
 config = yaml.safe_load(open(sys.argv[1]))

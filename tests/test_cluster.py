@@ -280,7 +280,10 @@ def test_a_restarted_mlflow_server_loses_no_trial_and_no_metric(cluster, tiny_ph
     stopped = subprocess.run(stop, env=env, capture_output=True, text=True)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     down_at = time.monotonic()
-    time.sleep(5)  # trials log into a dead server meanwhile (the client retries)
+    # Longer than a trial's retries (≈ 15 s): the trials keep their evaluations in their
+    # journals meanwhile and send them when the server answers again.
+    wait_for(lambda: "unreachable" in log.read_text(), 120, process, log)
+    time.sleep(10)
     start = [str(HEAD_SERVICES), "mlflow-start", "--host", "127.0.0.1", "--port", port]
     start += ["--state", str(state / "mlflow"), "--artifacts", str(cluster["artifacts"])]
     started = subprocess.run(start, env=env, capture_output=True, text=True)
@@ -296,6 +299,9 @@ def test_a_restarted_mlflow_server_loses_no_trial_and_no_metric(cluster, tiny_ph
         assert_each_step_once(client, child, evaluations)
     summary = parents[0].data.metrics
     assert {"summary/lam_1/test_f1_mean", "summary/lam_2/test_f1_mean"} <= set(summary)
+    text = log.read_text()
+    assert "answers again" in text, text[-3000:]
+    assert "not sent to MLflow" not in text  # nothing left over: every trial sent its journal
 
 
 def test_an_unreachable_mlflow_fails_in_seconds_before_the_study_touches_ray(

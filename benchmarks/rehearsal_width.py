@@ -1,0 +1,214 @@
+"""The rehearsal at width: ≥ 32 trials at once on the fake multi-node cluster, the MLflow
+server killed and started again in the middle; every trial must finish and every trial's
+evaluations must be in MLflow exactly once.
+
+    .venv/bin/python benchmarks/rehearsal_width.py [--nodes 8] [--per-node 4] [--epochs 4]
+        [--backend postgresql|sqlite] [--down-s 45]
+
+It starts its own rehearsal (cluster/rehearsal.sh with a wider node type, free ports, its own
+state folder), writes a one-arm LSD study of nodes × per-node trials (λ × seeds), runs it as a
+driver process, kills the server's process group once the first evaluations are in MLflow,
+starts it again after ``--down-s`` seconds, and prints: wall time, trials at once, how long
+the server was down, trials FINISHED, runs per trial, evaluations expected / found / lost /
+duplicated, and the trials' "unreachable" / "answers again" lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REHEARSAL = ROOT / "cluster" / "rehearsal.sh"
+HEAD_SERVICES = ROOT / "cluster" / "head_services.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wide_config(path: Path, nodes: int, per_node: int) -> Path:
+    """Write the rehearsal's autoscaling config with ``nodes`` CPU workers of ``per_node``."""
+    config = yaml.safe_load((ROOT / "cluster" / "rehearsal.yaml").read_text())
+    types = config["available_node_types"]
+    worker = types.pop("gpu_worker")
+    worker["resources"] = {"CPU": per_node, "object_store_memory": 100_000_000}
+    worker["min_workers"] = nodes  # all at once: the point is width, not autoscaling
+    worker["max_workers"] = nodes
+    types["cpu_worker"] = worker
+    config["max_workers"] = nodes
+    config["idle_timeout_minutes"] = 10
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def study_file(folder: Path, lams: list[float], seeds: int) -> Path:
+    path = folder / "width.py"
+    path.write_text(
+        "import sys\n"
+        "from uslearn.study import StudySpec\n"
+        "from uslearn.study_cli import main\n"
+        f"SPEC = StudySpec(name='width', title='the rehearsal at width',\n"
+        f"                 fixed={{'strategy': 'lsd', 'k': 0}}, grid={{'lam': {lams!r}}},\n"
+        f"                 seeds=tuple(range({seeds})))\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main(SPEC, __file__))\n"
+    )
+    return path
+
+
+def children(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("width")
+    if experiment is None:
+        return client, []
+    found = client.search_runs([experiment.experiment_id], max_results=5000)
+    return client, [r for r in found if "mlflow.parentRunId" in r.data.tags]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=8)
+    parser.add_argument("--per-node", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4, help="evaluations per trial")
+    parser.add_argument("--down-s", type=float, default=45.0)
+    parser.add_argument("--backend", default=os.environ.get("USLEARN_MLFLOW_BACKEND", ""))
+    parser.add_argument("--timeout-s", type=float, default=3600.0)
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+    work = Path(tempfile.mkdtemp(prefix="usl-width-"))
+    temp_dir = Path(f"/tmp/usw-{secrets.token_hex(3)}")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "USLEARN_CLUSTER_STATE": str(work / "state"),
+        "USLEARN_REHEARSAL_CONFIG": str(wide_config(work / "wide.yaml", args.nodes, args.per_node)),
+        "RAY_TEMP_DIR": str(temp_dir),
+        "RAY_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "RAY_DASHBOARD_PORT": str(free_port()),
+        "RAY_CLIENT_PORT": str(free_port()),
+        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    if args.backend:
+        env["USLEARN_MLFLOW_BACKEND"] = args.backend
+    trials = args.nodes * args.per_node
+    lams = [0.5, 1.0, 2.0, 5.0]
+    seeds = -(-trials // len(lams))
+    up = subprocess.run([str(REHEARSAL), "up"], env=env, capture_output=True, text=True)
+    try:
+        if up.returncode != 0:
+            print(up.stdout + up.stderr)
+            return 1
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (work / "state" / "env.sh").read_text().splitlines()
+        )
+        uri = exports["MLFLOW_TRACKING_URI"]
+        from uslearn.phantom import generate_phantom
+
+        data = generate_phantom(work / "tiny", preset="tiny", seed=0)
+        log_path = work / "study.log"
+        argv = [
+            sys.executable, str(study_file(work, lams, seeds)),
+            "--address", exports["RAY_ADDRESS"], "--mlflow", uri, "--profile", "cpu-demo",
+            "--data", str(data), "--storage", str(work / "studies"), "--no-report",
+            "--set", "batch_exams=2", "--set", "max_images_per_exam=2", "--set", "image_size=32",
+            "--set", f"epochs={args.epochs}", "--max-concurrent", str(trials),
+        ]  # fmt: skip
+        start = time.monotonic()
+        with open(log_path, "w") as handle:
+            study = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        deadline = start + args.timeout_s
+        at_once = 0
+        while True:  # until the first evaluations are in MLflow
+            _, runs = children(uri)
+            at_once = max(at_once, sum(r.info.status == "RUNNING" for r in runs))
+            if sum("step" in r.data.metrics for r in runs) >= 2:
+                break
+            if study.poll() is not None or time.monotonic() > deadline:
+                print(log_path.read_text()[-4000:])
+                return 1
+            time.sleep(3)
+        state = work / "state" / "mlflow"
+        pid = int((state / "server.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        (state / "server.pid").unlink()
+        killed = time.monotonic()
+        time.sleep(args.down_s)
+        restart = [str(HEAD_SERVICES), "mlflow-start", "--host", "127.0.0.1",
+                   "--port", env["MLFLOW_PORT"], "--state", str(state),
+                   "--artifacts", str(work / "state" / "mlartifacts")]  # fmt: skip
+        if args.backend:
+            restart += ["--backend", args.backend]
+        subprocess.run(restart, env=env, check=True, capture_output=True)
+        down = time.monotonic() - killed
+        while study.poll() is None:
+            _, runs = children(uri)
+            at_once = max(at_once, sum(r.info.status == "RUNNING" for r in runs))
+            if time.monotonic() > deadline:
+                study.kill()
+                break
+            time.sleep(5)
+        wall = time.monotonic() - start
+        client, runs = children(uri)
+        per_trial: dict[str, int] = {}
+        for run in runs:
+            per_trial[run.data.tags["trial_id"]] = per_trial.get(run.data.tags["trial_id"], 0) + 1
+        expected = found = lost = duplicated = 0
+        for run in runs:
+            folder = Path(run.data.tags["out_dir"])
+            history = (
+                json.loads((folder / "history.json").read_text())
+                if (folder / "history.json").is_file()
+                else []
+            )
+            steps = [int(h["step"]) for h in history]
+            logged = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+            expected += len(steps)
+            found += len(set(logged))
+            lost += len(set(steps) - set(logged))
+            duplicated += len(logged) - len(set(logged))
+        text = log_path.read_text()
+        print(f"study exit code {study.returncode}; wall {wall:.0f} s; log {log_path}")
+        print(
+            f"trials {trials} planned, {len(per_trial)} with a run, at most {at_once} RUNNING at once"
+        )
+        print(f"server down {down:.0f} s (killed with SIGKILL, started again)")
+        print(
+            f"FINISHED {sum(r.info.status == 'FINISHED' for r in runs)} of {len(runs)} runs; "
+            f"runs per trial: max {max(per_trial.values(), default=0)}"
+        )
+        print(
+            f"evaluations: expected {expected}, in MLflow {found}, lost {lost}, duplicated {duplicated}"
+        )
+        print(
+            f"trial lines: 'unreachable' {text.count(' unreachable (')}, "
+            f"'answers again' {text.count('answers again')}, 'not sent' {text.count('not sent to MLflow')}"
+        )
+        return 0 if study.returncode == 0 and lost == 0 and duplicated == 0 else 1
+    finally:
+        subprocess.run([str(REHEARSAL), "down"], env=env, capture_output=True, text=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
