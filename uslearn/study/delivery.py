@@ -107,6 +107,7 @@ class Patience:
         return sum(self.waits)
 
 
+QUIET_S = 10.0  # retries announce themselves once this long has passed
 # During training: ≈ 15 s of retries (a busy server's pool frees up), then keep and go on.
 DURING = Patience((0.5, 1.0, 2.0, 4.0, 8.0))
 # At a run's end: ≈ 30 s, a line before each wait; a study's end and --resume send the rest.
@@ -165,6 +166,7 @@ class Delivery:
         patience = patience or DURING
         waits = [] if self.away and not patience.final else list(patience.waits)
         attempt = 0
+        began = time.monotonic()
         while True:
             attempt += 1
             try:
@@ -178,7 +180,9 @@ class Delivery:
                     self._say_kept(err)
                     return False
                 wait = waits.pop(0)
-                if patience.final or wait >= 4:
+                # Quiet for a blip (a busy pool frees up in a second), never for long: a line
+                # once the wait would pass 10 s since the first failure.
+                if patience.final or time.monotonic() - began + wait >= QUIET_S:
                     log.warning(
                         "MLflow at %s: %s; %s: retrying in %g s (try %d of %d), %d write(s) kept in %s",
                         self.uri, reason(err), self.label, wait, attempt,
