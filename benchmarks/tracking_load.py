@@ -108,7 +108,8 @@ def one_trial(url, exp_id, parent_id, trial, evaluations, interval, go, deadline
     """Run one trial's logging; return its record (timings, errors, steps sent)."""
     from uslearn.study.tracking import TrackedRun
 
-    record = {"create_s": None, "create_error": None, "log_s": [], "errors": [], "sent": []}
+    record = {"trial": trial, "create_s": None, "create_error": None, "log_s": [], "errors": []}
+    record["sent"] = []
     record["late_s"] = time.time() - go
     start = time.monotonic()
     try:
@@ -235,8 +236,8 @@ def run_config(pool, procs, url, backend, mode, writers, args) -> dict:
     client.set_terminated(parent_id, "FINISHED")
 
     lost = duplicated = duplicate_runs = 0
-    for trial, record in enumerate(records):
-        runs = found.get(f"trial_{trial:04d}", [])
+    for record in records:
+        runs = found.get(f"trial_{record['trial']:04d}", [])
         duplicate_runs += max(0, len(runs) - 1)
         if record["create_error"] is not None:
             continue
