@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, postgres):
     """Start the rehearsal cluster; yield its settings; stop it (everything it started)."""
     state = tmp_path_factory.mktemp("cluster")
     # Ray's socket paths must stay short (sun_path), so its session files go under /tmp.

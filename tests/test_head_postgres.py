@@ -9,7 +9,6 @@ which installs them).
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import subprocess
@@ -23,16 +22,6 @@ import pytest
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_SERVICES = str(ROOT / "cluster" / "head_services.sh")
-
-
-def require_postgres() -> None:
-    """Skip (fail under CI) when Debian's PostgreSQL binaries are missing."""
-    if glob.glob("/usr/lib/postgresql/*/bin/initdb") or os.environ.get("PG_BIN"):
-        return
-    reason = "PostgreSQL is not installed (apt-get install -y postgresql); .ci/run installs it"
-    if os.environ.get("USLEARN_REQUIRE_POSTGRES") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -103,9 +92,8 @@ def session_alive(sid: int) -> bool:
 
 
 @pytest.fixture
-def head(tmp_path):
+def head(tmp_path, postgres):
     """Start PostgreSQL and the MLflow server on it; yield (state, URL); stop and delete both."""
-    require_postgres()
     state = tmp_path / "head"
     pg_port, port = str(free_port()), str(free_port())
     try:
