@@ -154,6 +154,11 @@ def test_a_run_logged_through_the_server_lands_in_postgresql_and_stop_leaves_not
         stopped = services("pg-stop", "--state", str(state))
         assert stopped.returncode == 0, stopped.stderr
     assert not alive(pids) and not session_alive(sid)
+    # Data deleted behind the script's back is an error, never a silently empty new store.
+    subprocess.run(["rm", "-rf", datadir], check=True)
+    gone = services("pg-start", "--state", str(state))
+    assert gone.returncode == 1 and "is gone" in gone.stderr, gone.stdout + gone.stderr
+    assert gone.stderr.strip().count("\n") == 0 and not Path(datadir).exists()
 
 
 def test_a_restart_keeps_the_postgresql_store_and_survives_a_killed_postmaster(head, tmp_path):
