@@ -32,7 +32,8 @@ test-cluster: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "cluster or server"
 
 # A local rehearsal of cluster.yaml (docs/STUDIES.md): a Ray head with Ray's fake multi-node
-# provider (GPU workers autoscale from 0) and the MLflow server on 127.0.0.1; state in runs/cluster.
+# provider (GPU workers autoscale from 0), PostgreSQL and the MLflow server on it, on 127.0.0.1;
+# state in runs/cluster.
 cluster-up: $(STAMP)
 	PYTHON=$(BIN)/python cluster/rehearsal.sh up
 

@@ -3,10 +3,10 @@ server killed and started again in the middle; every trial must finish and every
 evaluations must be in MLflow exactly once.
 
     .venv/bin/python benchmarks/rehearsal_width.py [--nodes 8] [--per-node 4] [--epochs 4]
-        [--backend postgresql|sqlite] [--down-s 45]
+        [--down-s 45]
 
-It starts its own rehearsal (cluster/rehearsal.sh with a wider node type, free ports, its own
-state folder), writes a one-arm LSD study of nodes × per-node trials (λ × seeds), runs it as a
+It starts its own rehearsal (cluster/rehearsal.sh: PostgreSQL + MLflow server on the head, a
+wider node type, free ports, its own state folder), writes a one-arm LSD study of nodes × per-node trials (λ values × 2 seeds), runs it as a
 driver process, kills the server's process group once the first evaluations are in MLflow,
 starts it again after ``--down-s`` seconds, and prints: wall time, trials at once, how long
 the server was down, trials FINISHED, runs per trial, evaluations expected / found / lost /
@@ -88,7 +88,9 @@ def main() -> int:
     parser.add_argument("--per-node", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=4, help="evaluations per trial")
     parser.add_argument("--down-s", type=float, default=45.0)
-    parser.add_argument("--backend", default=os.environ.get("USLEARN_MLFLOW_BACKEND", ""))
+    parser.add_argument(
+        "--backend", default="", help="mlflow-start's --backend on restart (default: the head's)"
+    )
     parser.add_argument("--timeout-s", type=float, default=3600.0)
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -103,16 +105,16 @@ def main() -> int:
         "RAY_TEMP_DIR": str(temp_dir),
         "RAY_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
+        "PG_PORT": str(free_port()),
         "RAY_DASHBOARD_PORT": str(free_port()),
         "RAY_CLIENT_PORT": str(free_port()),
         "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
         "RAY_AUTH_MODE": "disabled",
     }
-    if args.backend:
-        env["USLEARN_MLFLOW_BACKEND"] = args.backend
     trials = args.nodes * args.per_node
-    lams = [0.5, 1.0, 2.0, 5.0]
-    seeds = -(-trials // len(lams))
+    # cpu-demo runs 2 seeds: the width comes from λ values (one cell each).
+    seeds = 2
+    lams = [round(0.5 * (i + 1), 2) for i in range(-(-trials // seeds))]
     up = subprocess.run([str(REHEARSAL), "up"], env=env, capture_output=True, text=True)
     try:
         if up.returncode != 0:

@@ -2,15 +2,17 @@
 # The local rehearsal of cluster.yaml (`make cluster-up` / `make cluster-down`):
 #
 #   cluster/rehearsal.sh up       Ray head (fake multi-node provider, cluster/rehearsal.yaml:
-#                                 TRAIN_DRIVER, no GPU; GPU workers autoscale from 0) and the
-#                                 MLflow server of cluster/head_services.sh on 127.0.0.1
+#                                 TRAIN_DRIVER, no GPU; GPU workers autoscale from 0), and
+#                                 PostgreSQL plus the MLflow server on it, both from
+#                                 cluster/head_services.sh on 127.0.0.1 (as cluster.yaml's head)
 #   cluster/rehearsal.sh status   `ray status` of the rehearsal cluster
 #   cluster/rehearsal.sh down     stop what `up` started (by the ids it recorded); safe twice
 #
-# Settings (environment): RAY_PORT (6379), MLFLOW_PORT (5000), RAY_DASHBOARD_PORT (8265),
-# RAY_CLIENT_PORT (10001), RAY_DASHBOARD_AGENT_PORT (52365), USLEARN_CLUSTER_STATE (runs/cluster: pids, logs, the MLflow store
-# and artifacts, staged datasets), USLEARN_REHEARSAL_CONFIG (cluster/rehearsal.yaml), RAY_TEMP_DIR (Ray's session files; default Ray's own, so
-# that `--address auto` finds the cluster), PYTHON (.venv/bin/python).
+# Settings (environment): RAY_PORT (6379), MLFLOW_PORT (5000), PG_PORT (54320),
+# RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001), RAY_DASHBOARD_AGENT_PORT (52365),
+# USLEARN_CLUSTER_STATE (runs/cluster: pids, logs, the MLflow store and artifacts, staged
+# datasets), USLEARN_REHEARSAL_CONFIG (cluster/rehearsal.yaml), RAY_TEMP_DIR (Ray's session files; default Ray's own, so that `--address auto`
+# finds the cluster), PYTHON (.venv/bin/python).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +22,7 @@ python=${PYTHON:-$root/.venv/bin/python}
 bin=$(dirname "$python")
 ray_port=${RAY_PORT:-6379}
 mlflow_port=${MLFLOW_PORT:-5000}
+pg_port=${PG_PORT:-54320}
 state=${USLEARN_CLUSTER_STATE:-$root/runs/cluster}
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
@@ -107,8 +110,11 @@ EOF
         [ -f "$address_file" ] && cp "$address_file" "$state/ray.address"
         echo "Ray head up at $node_ip:$ray_port (session $(cat "$state/ray.sid")); GPU workers start on demand"
     fi
-    if ! "$here/head_services.sh" mlflow-start --host 127.0.0.1 --port "$mlflow_port" \
-        --state "$state/mlflow" --artifacts "$state/mlartifacts"; then
+    # The tracking store as on a cluster's head: PostgreSQL (sqlite serialises concurrent
+    # trials' writes), sized for the trials the rehearsal runs at once.
+    if ! "$here/head_services.sh" pg-start --state "$state/mlflow" --port "$pg_port" ||
+        ! "$here/head_services.sh" mlflow-start --host 127.0.0.1 --port "$mlflow_port" \
+            --state "$state/mlflow" --artifacts "$state/mlartifacts" --backend postgresql; then
         down
         exit 1
     fi
@@ -125,6 +131,7 @@ EOF
 
 down() {
     "$here/head_services.sh" mlflow-stop --state "$state/mlflow"
+    "$here/head_services.sh" pg-stop --state "$state/mlflow"
     if [ -f "$state/ray.sid" ]; then
         sid=$(cat "$state/ray.sid")
         stop_session "$sid" 15
@@ -151,5 +158,5 @@ status)
     RAY_AUTH_MODE=$(cat "$state/ray.auth" 2>/dev/null || echo "${RAY_AUTH_MODE:-disabled}") \
         "$bin/ray" status --address "$node_ip:$ray_port"
     ;;
-*) sed -n '2,14p' "$0" >&2; exit 2 ;;
+*) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

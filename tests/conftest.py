@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import pytest
@@ -33,3 +34,15 @@ def tiny_phantom(tmp_path_factory):
     from uslearn.phantom import generate_phantom
 
     return generate_phantom(tmp_path_factory.mktemp("phantom") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Skip (fail under CI) when Debian's PostgreSQL binaries, which the head's store and the
+    rehearsal run (cluster/head_services.sh pg-start), are missing."""
+    if glob.glob("/usr/lib/postgresql/*/bin/initdb") or os.environ.get("PG_BIN"):
+        return
+    reason = "PostgreSQL is not installed (apt-get install -y postgresql); .ci/run installs it"
+    if os.environ.get("USLEARN_REQUIRE_POSTGRES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)

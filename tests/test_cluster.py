@@ -2,8 +2,8 @@
 
 The module starts the rehearsal exactly as ``make cluster-up`` does (cluster/rehearsal.sh: a Ray
 head with Ray's fake multi-node provider, GPU worker nodes that autoscale from 0, the MLflow
-server of cluster/head_services.sh), on free ports and in its own folders, and stops it at the
-end. Studies run as separate driver processes against it; faults come from outside: a worker
+server of cluster/head_services.sh on the head's PostgreSQL), on free ports and in its own
+folders, and stops it at the end (PostgreSQL's data deleted). Studies run as separate driver processes against it; faults come from outside: a worker
 node's raylet killed by its pid, the driver killed, the MLflow server restarted.
 """
 
@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, postgres):
     """Start the rehearsal cluster; yield its settings; stop it (everything it started)."""
     state = tmp_path_factory.mktemp("cluster")
     # Ray's socket paths must stay short (sun_path), so its session files go under /tmp.
@@ -47,6 +47,7 @@ def cluster(tmp_path_factory):
         "RAY_TEMP_DIR": str(temp_dir),
         "RAY_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
+        "PG_PORT": str(free_port()),
         "RAY_DASHBOARD_PORT": str(free_port()),
         "RAY_CLIENT_PORT": str(free_port()),
         "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
@@ -55,6 +56,8 @@ def cluster(tmp_path_factory):
     up = subprocess.run([str(REHEARSAL), "up"], env=env, capture_output=True, text=True)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        # The tracking store is the head's PostgreSQL, as on a cluster (not sqlite).
+        assert "store postgresql+psycopg://127.0.0.1:" in up.stdout, up.stdout
         exports = dict(
             line.removeprefix("export ").split("=", 1)
             for line in (state / "env.sh").read_text().splitlines()
@@ -70,6 +73,8 @@ def cluster(tmp_path_factory):
     finally:
         down = subprocess.run([str(REHEARSAL), "down"], env=env, capture_output=True, text=True)
         print(down.stdout, down.stderr)
+        purge = [str(HEAD_SERVICES), "pg-stop", "--state", str(state / "mlflow"), "--purge"]
+        subprocess.run(purge, env=env, capture_output=True, timeout=300)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -301,7 +306,29 @@ def test_a_restarted_mlflow_server_loses_no_trial_and_no_metric(cluster, tiny_ph
     assert {"summary/lam_1/test_f1_mean", "summary/lam_2/test_f1_mean"} <= set(summary)
     text = log.read_text()
     assert "answers again" in text, text[-3000:]
-    assert "not sent to MLflow" not in text  # nothing left over: every trial sent its journal
+    # Restarted without --backend, the server went back to the head's PostgreSQL: the study's
+    # runs and every evaluation are rows of PostgreSQL's tables (no sqlite file appeared).
+    assert not (state / "mlflow" / "mlflow.db").exists()
+    assert stored_in_postgresql(state, "probe_server_restart") == {
+        c.info.run_id: evaluations for c in children
+    }
+
+
+def stored_in_postgresql(state: Path, experiment: str) -> dict[str, int]:
+    """Return {child run id: evaluations} of ``experiment`` read from the head's PostgreSQL."""
+    import psycopg
+
+    uri = (state / "mlflow" / "postgres.uri").read_text().strip()
+    with psycopg.connect(uri.replace("postgresql+psycopg", "postgresql"), connect_timeout=10) as db:
+        rows = db.execute(
+            "SELECT m.run_uuid, count(*) FROM metrics m"
+            " JOIN runs r ON r.run_uuid = m.run_uuid"
+            " JOIN experiments e ON e.experiment_id = r.experiment_id"
+            " JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'"
+            " WHERE e.name = %s AND m.key = 'train/loss' GROUP BY m.run_uuid",
+            (experiment,),
+        ).fetchall()
+    return dict(rows)
 
 
 def test_an_unreachable_mlflow_fails_in_seconds_before_the_study_touches_ray(

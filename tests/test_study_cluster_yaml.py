@@ -58,7 +58,7 @@ def test_mlflow_listens_on_the_private_address_and_every_node_knows_it():
     assert "0.0.0.0" not in server and "--host $(hostname -I" in server
     assert "--artifacts /mnt/uslearn/mlartifacts" in server
     script = HEAD_SERVICES.read_text()
-    assert '--backend-store-uri "sqlite:///$state/mlflow.db"' in script
+    assert "MLFLOW_BACKEND_STORE_URI=$backend_uri" in script
     assert '--artifacts-destination "$artifacts"' in script
     rehearsal = (CLUSTER_YAML.parent / "cluster" / "rehearsal.sh").read_text()
     assert '"$here/head_services.sh" mlflow-start' in rehearsal
@@ -71,6 +71,25 @@ def test_mlflow_listens_on_the_private_address_and_every_node_knows_it():
     assert any(
         "pip install" in c and "ray[default,train,tune]==" in c for c in config["setup_commands"]
     )
+
+
+def test_the_head_tracks_in_postgresql_sized_for_the_cluster():
+    config = load()
+    starts = config["head_start_ray_commands"]
+    pg = next(i for i, c in enumerate(starts) if "head_services.sh pg-start" in c)
+    server = next(i for i, c in enumerate(starts) if "head_services.sh mlflow-start" in c)
+    assert pg < server and "--backend postgresql" in starts[server]
+    # Both sized for the same number of concurrent trials: GPU workers x trials per GPU.
+    from uslearn.study.profiles import PROFILES
+
+    gpus = config["available_node_types"]["gpu_worker"]["max_workers"]
+    per_gpu = round(1 / PROFILES["gpu"].resources.gpus_per_worker)
+    trials = f"--max-trials {gpus * per_gpu}"
+    assert trials in starts[pg] and trials in starts[server]
+    assert any("apt-get install -y -q postgresql" in c for c in config["head_setup_commands"])
+    rehearsal = (CLUSTER_YAML.parent / "cluster" / "rehearsal.sh").read_text()
+    assert '"$here/head_services.sh" pg-start' in rehearsal
+    assert "--backend postgresql" in rehearsal
 
 
 def test_every_node_gets_the_exports_of_the_shared_script():
