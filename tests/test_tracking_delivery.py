@@ -269,3 +269,30 @@ def test_a_run_survives_its_server_killed_and_restarted_and_logs_every_step_once
         assert "test/f1_weighted" in run.data.metrics
     finally:
         _stop_server(tmp_path)
+
+
+def test_uslearn_sync_sends_what_runs_kept_and_says_when_nothing_is_left(tmp_path, quick, capsys):
+    from uslearn.cli import main
+
+    away = f"http://127.0.0.1:{closed_port()}"
+    here = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id, parent = _study(here)
+    study_storage = tmp_path / "studies" / "x" / "outputs"
+    for trial in ("a", "b"):
+        run = _trial(away, exp_id, parent, study_storage / trial, trial=trial)
+        run.log_metrics({"step": 1, "train/loss": 0.5})
+        assert run.finish("FINISHED") > 0
+    assert main(["sync", str(tmp_path / "studies"), "--mlflow", here]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": sent") == 2
+    mlc = tracking.client(here)
+    for trial in ("a", "b"):
+        run_id = Journal(study_storage / trial).run_id
+        assert [m.step for m in mlc.get_metric_history(run_id, "train/loss")] == [1]
+    assert main(["sync", str(tmp_path / "studies")]) == 0
+    assert "nothing to send" in capsys.readouterr().out
+    # Without --mlflow the URI the run was logged to is used: still away, one line, exit 1.
+    again = _trial(away, exp_id, parent, tmp_path / "c", trial="c")
+    again.finish("FINISHED")
+    assert main(["sync", str(tmp_path / "c")]) == 2  # the probe: unreachable, in seconds
+    assert "unreachable" in capsys.readouterr().err
