@@ -209,7 +209,9 @@ def label_studio_tasks(curation: Curation, image_urls: dict[str, str], model: st
 
     Returns:
         Tasks for a labelling config with ``<Image name="image">`` and a multiple-choice
-        ``<Choices name="organs" toName="image">`` (``label_studio_config.xml``).
+        ``<Choices name="organs" toName="image">`` (``label_studio_config.xml``); each task's
+        data holds ``image_id``, ``cluster`` and ``proposed`` (';'-joined, "" for none), which
+        ``uslearn data import-labelstudio`` reads back.
     """
     facts = curation.images.set_index("image")
     tasks = []
@@ -218,7 +220,14 @@ def label_studio_tasks(curation: Curation, image_urls: dict[str, str], model: st
         choices = [c for c in str(row["proposed"]).split(";") if c]
         tasks.append(
             {
-                "data": {"image": url, "image_id": image_id, "cluster": int(row["cluster"])},
+                # The proposal in the task's data too: Label Studio exports data whole but
+                # predictions as ids, and the import tells accepted from corrected labels by it.
+                "data": {
+                    "image": url,
+                    "image_id": image_id,
+                    "cluster": int(row["cluster"]),
+                    "proposed": ";".join(choices),
+                },
                 "predictions": [
                     {
                         "model_version": model,
