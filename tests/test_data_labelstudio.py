@@ -259,3 +259,19 @@ def test_the_proposal_comes_from_the_attached_prediction_without_data_proposed(
     images = read_export(export).images
     assert images[a].source == "proposal_accepted" and images[b].source == "new"
     assert np.array_equal(images[a].labels, [int(c in ("liver", "kidney")) for c in CLASSES])
+
+
+def test_labelling_every_patient_of_the_pool_says_the_split_is_now_empty(
+    tiny_phantom, tmp_path, capsys
+):
+    data = Dataset.open(tiny_phantom)
+    ids, patients = pool(data, 100)
+    export = write_export(
+        tmp_path, [task(k, i, annotation(k, ["liver"])) for k, i in enumerate(ids)]
+    )
+    args = ["data", "import-labelstudio", "--export", str(export), "--data", str(tiny_phantom)]
+    code, printed, err = run([*args, "--out", str(tmp_path / "all")], capsys)
+    assert code == 0, err
+    assert f"{len(patients)} patient(s) with" in printed
+    assert "note: every patient of the unlabelled split now has a labelled image" in printed
+    assert not check_dataset(Dataset.open(tmp_path / "all")).ok  # the empty split, as said

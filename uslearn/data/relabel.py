@@ -166,4 +166,10 @@ def import_labelstudio(
         if tasks:
             shown = ", ".join(map(str, tasks[:10])) + (" ..." if len(tasks) > 10 else "")
             lines.append(f"{len(tasks)} task(s) {what}, their images left as they were: {shown}")
+    if not (new.manifest["split"] == "unlabelled").any():
+        lines.append(
+            "note: every patient of the unlabelled split now has a labelled image, so the split "
+            "is empty: 'uslearn data check' reports it, and FixMatch and the clustering "
+            "strategies then draw only on the unlabelled images of labelled patients"
+        )
     return [*lines, f"next: uslearn data check {new.root}"]

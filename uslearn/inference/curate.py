@@ -5,7 +5,8 @@ annotators' hours where they count. From one pass of the model over the images (
 probabilities p and 512-d backbone features f of every image) this computes:
 
 - per cluster: its size, Algorithm 1's soft multi-label v̂_k (from the labelled images seen at
-  training time) and the labels it proposes (v̂_k above the model's validation thresholds);
+  training time) and the labels it proposes (v̂_k above the model's validation thresholds,
+  ``other`` dropped when an organ passes too: it means no organ is visible);
   its most **typical** images (highest p of their cluster) and most **ambiguous** ones (smallest
   margin between their two most probable clusters);
 - per image: its cluster, the proposed labels, its confidence p_max, margin p1 − p2 and its
@@ -83,6 +84,21 @@ def percentile(values: np.ndarray) -> np.ndarray:
     return (pd.Series(values).rank(method="average").to_numpy() - 1) / (len(values) - 1)
 
 
+def exclusive_other(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Return a copy of the (N, C) 0/1 ``labels`` with ``other`` off wherever an organ is on.
+
+    ``other`` means that no organ of interest is visible (the labels' contract, docs/DATA.md):
+    a cluster whose soft label passes the threshold of ``other`` and of an organ proposes the
+    organ, so that accepting a proposal never gives a label set the import refuses.
+    """
+    labels = np.array(labels, copy=True)
+    if "other" in classes:
+        i = classes.index("other")
+        organ = np.delete(labels, i, axis=1).any(axis=1)
+        labels[organ, i] = 0
+    return labels
+
+
 def spread_ranking(
     priority: np.ndarray, cluster: np.ndarray, exam: np.ndarray, limit: int
 ) -> list[int]:
@@ -130,7 +146,7 @@ def curate(
     distance = nearest_centre_distance(np.asarray(scored.features, dtype=np.float64), cluster)
     rows = np.asarray(scored.rows, dtype=np.int64)
     manifest = data.manifest.iloc[rows]
-    proposals = package.labels(package.cluster_labels)  # (K, C)
+    proposals = exclusive_other(package.labels(package.cluster_labels), classes)  # (K, C)
     names = np.array(classes, dtype=object)
     proposed_text = [";".join(names[p.astype(bool)]) for p in proposals]
     images = pd.DataFrame(
