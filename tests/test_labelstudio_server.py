@@ -308,6 +308,8 @@ def _round_trip(server: Server, tiny: Path, tmp_path: Path, curated: Path) -> No
         str(new),
         "--strategy",
         "supervised",
+        "--early-stopping",
+        "epochs",  # one epoch: the step rule would run at least 300 steps
         "--epochs",
         "1",
         *TRAIN,
