@@ -258,6 +258,9 @@ def test_the_proposal_comes_from_the_attached_prediction_without_data_proposed(
     )
     images = read_export(export).images
     assert images[a].source == "proposal_accepted" and images[b].source == "new"
+    # A proposal against the label rules (older curate: 'other' with an organ) is only compared.
+    old_task = task(3, b, annotation(3, ["liver"]), proposed="other;Liver")
+    assert read_export(write_export(tmp_path, [old_task])).images[b].source == "corrected"
     assert np.array_equal(images[a].labels, [int(c in ("liver", "kidney")) for c in CLASSES])
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uslearn.data.dataset import DatasetError
+from uslearn.data.dataset import CLASSES, DatasetError
 from uslearn.data.labels_csv import parse_labels
 
 FROM_NAME = "organs"  # the Choices of curate's labelling config
@@ -50,12 +50,10 @@ class Annotation:
     annotator: str
     labels: np.ndarray  # (C,) int8 multi-hot
     updated: str  # ISO time, "" when the export has none
-    proposal: np.ndarray | None  # the model's proposal shown with the task, None without one
+    proposal: frozenset[str] | None  # the organs proposed with the task, None without any
 
     def text(self) -> str:
         """Return the label set as the labels CSV writes it ("liver;kidney")."""
-        from uslearn.data.dataset import CLASSES
-
         return ";".join(c for c, v in zip(CLASSES, self.labels) if v == 1)
 
 
@@ -129,11 +127,8 @@ def _choices(results: object, where: str) -> list[str]:
     for item in results:
         if not isinstance(item, dict) or item.get("from_name") != FROM_NAME:
             continue  # another control of a customised interface (a comment, a rating)
-        choices = (
-            (item.get("value") or {}).get("choices")
-            if isinstance(item.get("value"), dict)
-            else None
-        )
+        value = item.get("value")
+        choices = value.get("choices") if isinstance(value, dict) else None
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
             raise DatasetError(
                 f"{where}: the '{FROM_NAME}' result has no list of choices; expected "
@@ -158,18 +153,22 @@ def _annotator(value: object) -> str:
     return f"ls-user-{user}" if isinstance(user, int) else "ls-user-unknown"
 
 
-def _proposal(data: dict, annotation: dict, where: str) -> np.ndarray | None:
-    """Return the proposal shown with the task (None without one, or an empty one)."""
+def _proposal(data: dict, annotation: dict, where: str) -> frozenset[str] | None:
+    """Return the organ names proposed with the task (None without a proposal, or an empty one).
+
+    Only compared with the annotation, never stored: a proposal that breaks the label rules
+    (``other`` with an organ, from an older curate) still tells accepted from corrected.
+    """
     if isinstance(data.get("proposed"), str):
-        text = data["proposed"]
+        names = data["proposed"].split(";")
     else:
         prediction = annotation.get("prediction")
         results = prediction.get("result") if isinstance(prediction, dict) else None
         if not isinstance(results, list):
             return None
-        text = ";".join(_choices(results, f"{where}, its prediction"))
-    labels = parse_labels(text, f"{where}, data.proposed")
-    return None if (labels < 0).all() else labels
+        names = _choices(results, f"{where}, its prediction")
+    proposed = frozenset(n.strip().lower() for n in names if n.strip())
+    return proposed or None
 
 
 def _time(text: object) -> str:
@@ -290,7 +289,8 @@ def read_export(path: str | Path, rule: str = "refuse") -> Export:
         if chosen.proposal is None:
             source = NEW
         else:
-            source = ACCEPTED if np.array_equal(chosen.proposal, chosen.labels) else CORRECTED
+            chosen_names = {c for c, v in zip(CLASSES, chosen.labels) if v == 1}
+            source = ACCEPTED if chosen.proposal == chosen_names else CORRECTED
         export.images[image_id] = ImageLabel(
             image_id,
             chosen.labels,
