@@ -37,6 +37,7 @@ from corpus import (  # noqa: F401
     data_cases,
     dataset_cases,
     image_cases,
+    labelstudio_cases,
     predict_cases,
     resume_cases,
     run_cases,

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Real PostgreSQL and MLflow servers: make test-cluster (CI), not make test.
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_SERVICES = str(ROOT / "cluster" / "head_services.sh")
 

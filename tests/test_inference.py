@@ -23,7 +23,7 @@ from analysis.gallery import pick_fig7
 from uslearn.cli import main
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.pseudonym import pseudonym
-from uslearn.inference.curate import spread_ranking
+from uslearn.inference.curate import exclusive_other, spread_ranking
 from uslearn.inference.output import label_columns, score_columns
 from uslearn.inference.package import ModelPackage
 from uslearn.study.logged_models import best_child_run, register_run
@@ -318,7 +318,8 @@ def test_curate_writes_sheets_a_self_contained_page_and_a_spread_ranking(
     proposed = pd.read_csv(out / "proposed_labels.csv", keep_default_na=False)
     assert len(proposed) == len(data) and set(proposed["image"]) == set(data.manifest["image_id"])
     for labels in proposed["labels"]:
-        assert set(filter(None, labels.split(";"))) <= set(CLASSES)
+        names = set(filter(None, labels.split(";")))
+        assert names <= set(CLASSES) and ("other" not in names or names == {"other"})
     ranking = pd.read_csv(out / "to_label.csv")
     assert len(ranking) == 40
     split = data.manifest.set_index("image_id")["split"]
@@ -337,6 +338,16 @@ def test_curate_writes_sheets_a_self_contained_page_and_a_spread_ranking(
     for task in tasks:
         choices = task["predictions"][0]["result"][0]["value"]["choices"]
         assert set(choices) <= set(CLASSES)
+
+
+def test_a_proposal_never_pairs_other_with_an_organ():
+    # Found by the Label Studio round trip: a cluster of the tiny phantom's LSD model passed
+    # the thresholds of 'other' and of organs, and accepting its proposal was refused.
+    classes = ("liver", "other", "kidney")
+    labels = np.array([[1, 1, 0], [0, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 0]], np.int8)
+    fixed = exclusive_other(labels, classes)
+    assert fixed.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [0, 0, 0]]
+    assert labels[0, 1] == 1  # the input is left as it was
 
 
 def test_spread_ranking_takes_clusters_in_turn_and_new_exams_first():

@@ -1,4 +1,5 @@
-"""``uslearn data ...``: import, import-dicom, split, check, gallery, locate (phantom: uslearn/phantom).
+"""``uslearn data ...``: import, import-dicom, import-labelstudio, split, check, gallery, locate
+(phantom: uslearn/phantom).
 
 Heavy imports stay inside the handlers so that ``uslearn --help`` stays fast.
 """
@@ -24,11 +25,13 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
         description="Build, split, check and look at dataset directories (manifest.parquet + images.u8 + meta.json). See docs/DATA.md.",
     )
     data_sub = parser.add_subparsers(
-        dest="data_command", metavar="{import,import-dicom,phantom,split,check,gallery,locate}"
+        dest="data_command",
+        metavar="{import,import-dicom,import-labelstudio,phantom,split,check,gallery,locate}",
     )
     data_sub.required = True
     _add_import(data_sub)
     _add_import_dicom(data_sub)
+    _add_import_labelstudio(data_sub)
     _add_split(data_sub)
     _add_check(data_sub)
     _add_gallery(data_sub)
@@ -175,6 +178,45 @@ def _add_import_dicom(data_sub: argparse._SubParsersAction) -> None:
     )
     _add_common_import(parser)
     parser.set_defaults(func=_run_import_dicom)
+
+
+def _add_import_labelstudio(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "import-labelstudio",
+        help="write a new dataset version with the labels of a Label Studio JSON export",
+        description=(
+            "Read Label Studio's JSON export of a project made from 'uslearn curate' tasks and "
+            "write a new dataset: the source's images (hard-linked), the annotated labels, and "
+            "per image where its label came from (label_source: proposal_accepted, corrected, "
+            "new or source). The source dataset is not touched. See docs/DATA.md."
+        ),
+    )
+    parser.add_argument("--export", required=True, type=Path, help="Label Studio's JSON export")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="the dataset the curate tasks were made from"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="the new dataset directory")
+    parser.add_argument(
+        "--on-conflict",
+        choices=("refuse", "latest", "majority"),
+        default="refuse",
+        help="when an image's annotations disagree: refuse (default), take the last updated "
+        "one, or the label set most annotations chose (a tie is refused)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing uslearn dataset at --out"
+    )
+    parser.set_defaults(func=_run_import_labelstudio)
+
+
+def _run_import_labelstudio(args: argparse.Namespace) -> int:
+    from uslearn.data.relabel import import_labelstudio
+
+    for line in import_labelstudio(
+        args.data, args.export, args.out, args.on_conflict, args.overwrite
+    ):
+        print(line)
+    return 0
 
 
 def _settings(args: argparse.Namespace):

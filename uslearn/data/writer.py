@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -65,6 +66,8 @@ from uslearn.log import get_logger
 log = get_logger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# Hard links refused: another file system, not allowed there, too many links, not supported.
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP)
 _open_writers = 0  # DatasetWriters open in this process (forked children die with it meanwhile)
 
 
@@ -190,6 +193,25 @@ class DatasetWriter:
                 written = os.pwrite(self._fd, data, offset)
                 data, offset = data[written:], offset + written
 
+    def adopt(self, source: Path, name: str = STORE) -> None:
+        """Give the dataset an existing file of another dataset (its image store by default).
+
+        A hard link where the file system allows it (no copy: uslearn never writes a store in
+        place, and replacing or deleting either dataset leaves the other's file whole), else a
+        copy. Call before ``commit``; the store's blocks are then not written.
+        """
+        target = self.tmp / name
+        with self._environment("linking the image store"):
+            if name == STORE:
+                self._close()
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError as err:
+                if err.errno not in _NO_LINK:
+                    raise
+                shutil.copyfile(source, target)  # another file system, or links not allowed
+
     def commit(
         self, manifest: pd.DataFrame, extra_meta: dict | None = None, n_rows: int | None = None
     ) -> Path:
@@ -212,9 +234,16 @@ class DatasetWriter:
             manifest[cls] = manifest[cls].astype(np.int8)
         validate_manifest(manifest, where=f"{self.out}/{MANIFEST}")
         with self._environment("writing the dataset"):
-            os.ftruncate(self._fd, n_rows * self.size * self.size)
-            os.fsync(self._fd)
-            self._close()
+            if self._fd is not None:
+                os.ftruncate(self._fd, n_rows * self.size * self.size)
+                os.fsync(self._fd)
+                self._close()
+            stored = os.path.getsize(self.tmp / STORE)
+            if stored != n_rows * self.size * self.size:
+                raise DatasetError(
+                    f"{self.out}: the image store holds {stored} bytes, expected {n_rows} images "
+                    f"of {self.size}x{self.size} uint8"
+                )
             manifest.to_parquet(self.tmp / MANIFEST, index=False)
             meta = {
                 "format": FORMAT_VERSION,

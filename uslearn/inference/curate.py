@@ -5,7 +5,8 @@ annotators' hours where they count. From one pass of the model over the images (
 probabilities p and 512-d backbone features f of every image) this computes:
 
 - per cluster: its size, Algorithm 1's soft multi-label v̂_k (from the labelled images seen at
-  training time) and the labels it proposes (v̂_k above the model's validation thresholds);
+  training time) and the labels it proposes (v̂_k above the model's validation thresholds,
+  ``other`` dropped when an organ passes too: it means no organ is visible);
   its most **typical** images (highest p of their cluster) and most **ambiguous** ones (smallest
   margin between their two most probable clusters);
 - per image: its cluster, the proposed labels, its confidence p_max, margin p1 − p2 and its
@@ -83,6 +84,21 @@ def percentile(values: np.ndarray) -> np.ndarray:
     return (pd.Series(values).rank(method="average").to_numpy() - 1) / (len(values) - 1)
 
 
+def exclusive_other(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Return a copy of the (N, C) 0/1 ``labels`` with ``other`` off wherever an organ is on.
+
+    ``other`` means that no organ of interest is visible (the labels' contract, docs/DATA.md):
+    a cluster whose soft label passes the threshold of ``other`` and of an organ proposes the
+    organ, so that accepting a proposal never gives a label set the import refuses.
+    """
+    labels = np.array(labels, copy=True)
+    if "other" in classes:
+        i = classes.index("other")
+        organ = np.delete(labels, i, axis=1).any(axis=1)
+        labels[organ, i] = 0
+    return labels
+
+
 def spread_ranking(
     priority: np.ndarray, cluster: np.ndarray, exam: np.ndarray, limit: int
 ) -> list[int]:
@@ -130,7 +146,7 @@ def curate(
     distance = nearest_centre_distance(np.asarray(scored.features, dtype=np.float64), cluster)
     rows = np.asarray(scored.rows, dtype=np.int64)
     manifest = data.manifest.iloc[rows]
-    proposals = package.labels(package.cluster_labels)  # (K, C)
+    proposals = exclusive_other(package.labels(package.cluster_labels), classes)  # (K, C)
     names = np.array(classes, dtype=object)
     proposed_text = [";".join(names[p.astype(bool)]) for p in proposals]
     images = pd.DataFrame(
@@ -209,7 +225,9 @@ def label_studio_tasks(curation: Curation, image_urls: dict[str, str], model: st
 
     Returns:
         Tasks for a labelling config with ``<Image name="image">`` and a multiple-choice
-        ``<Choices name="organs" toName="image">`` (``label_studio_config.xml``).
+        ``<Choices name="organs" toName="image">`` (``label_studio_config.xml``); each task's
+        data holds ``image_id``, ``cluster`` and ``proposed`` (';'-joined, "" for none), which
+        ``uslearn data import-labelstudio`` reads back.
     """
     facts = curation.images.set_index("image")
     tasks = []
@@ -218,7 +236,14 @@ def label_studio_tasks(curation: Curation, image_urls: dict[str, str], model: st
         choices = [c for c in str(row["proposed"]).split(";") if c]
         tasks.append(
             {
-                "data": {"image": url, "image_id": image_id, "cluster": int(row["cluster"])},
+                # The proposal in the task's data too: Label Studio exports data whole but
+                # predictions as ids, and the import tells accepted from corrected labels by it.
+                "data": {
+                    "image": url,
+                    "image_id": image_id,
+                    "cluster": int(row["cluster"]),
+                    "proposed": ";".join(choices),
+                },
                 "predictions": [
                     {
                         "model_version": model,
