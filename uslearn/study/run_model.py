@@ -28,6 +28,17 @@ MODEL_NAME = "model"  # the logged model's name within its run: runs:/<run id>/m
 IN_MODEL = ("best.pt", "package.json")
 
 
+def models_of(mlc, run, name: str = MODEL_NAME) -> list:
+    """Return the logged models ``name`` of ``run`` (an MLflow ``Run``) that did not fail."""
+    from mlflow.entities import LoggedModelStatus
+
+    models = mlc.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'",
+    )
+    return [m for m in models if m.status != LoggedModelStatus.FAILED]
+
+
 def log_run_model(mlc, run_id: str, out_dir: str | Path, data) -> None:
     """Log the run's package as its MLflow model ``model``; never fail the finished run.
 
@@ -52,7 +63,9 @@ def log_model(mlc, run_id: str, out_dir: str | Path, data) -> str:
         mlc: an ``MlflowClient`` of the run's store.
         run_id: the run that trained the model.
         out_dir: its output folder (best.pt, thresholds.json, config.json, ...).
-        data: the training dataset (a ``Dataset`` or its directory).
+        data: the training dataset (a ``Dataset`` or its directory), or None when
+            ``out_dir`` already holds its ``package.json`` (a trial whose model is logged
+            later: ``kept_models``).
 
     Returns:
         The model's URI, ``models:/<model id>``.
@@ -64,8 +77,8 @@ def log_model(mlc, run_id: str, out_dir: str | Path, data) -> str:
     from uslearn.inference import pyfunc
     from uslearn.inference.package import ModelPackage, write_package
 
-    data = data if isinstance(data, Dataset) else Dataset.open(data)
-    write_package(out_dir, data)
+    if data is not None:
+        write_package(out_dir, data if isinstance(data, Dataset) else Dataset.open(data))
     package = ModelPackage.load(out_dir)
     run = mlc.get_run(run_id)
     facts = package.describe()

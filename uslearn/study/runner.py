@@ -21,7 +21,7 @@ import pandas as pd
 
 from uslearn.errors import UserError
 from uslearn.log import get_logger
-from uslearn.study import tracking
+from uslearn.study import kept_models, tracking
 from uslearn.study.resources import concurrency
 from uslearn.study.spec import Plan
 from uslearn.study.trial import TrialContext, trial_name, tune_trial
@@ -270,6 +270,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
             "cpus_per_worker": plan.resources.cpus_per_worker,
             "dataset": str(inv.data_path),
             "notes": " | ".join(spec.notes) or "none",
+            "log_models": spec.log_models,
         }
         parent = tracking.start_parent(inv.tracking_uri, exp_id, spec.name, tags, params)
         tracking.describe(inv.tracking_uri, parent, description(plan, inv))
@@ -309,6 +310,13 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         grid = build_tuner(plan, ctx, inv, parallel).fit()
         frame = results_frame(plan, grid)
         tracking.log_summary(inv.tracking_uri, parent, summary_metrics(frame))
+        if spec.log_models == "best":
+            # Only now is each cell's best trial known (kept_models).
+            lines = kept_models.log_cell_models(
+                inv.tracking_uri, exp_id, parent, spec.metric, spec.mode
+            )
+            for line in lines:
+                log.info("%s", line)
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
     finally:
         tracking.finish(inv.tracking_uri, parent, status)

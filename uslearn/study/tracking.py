@@ -265,15 +265,17 @@ class TrackedRun:
         if step is not None:
             self.last_step = max(self.last_step, step)
 
-    def log_artifacts(self, out_dir: str | Path, data: Any) -> None:
+    def log_artifacts(self, out_dir: str | Path, data: Any, model: bool = True) -> None:
         """Upload the run's output files and log its model package as the MLflow model ``model``
-        (``run_model.log_run_model``: the kept weights are stored there, once)."""
+        (``run_model.log_run_model``: the kept weights are stored there, once); ``model=False``
+        uploads the small files only (a study trial whose model is not kept)."""
         from uslearn.study.run_model import IN_MODEL, log_run_model
 
         for name in RUN_FILES:
             if name not in IN_MODEL and (Path(out_dir) / name).is_file():
                 self.mlc.log_artifact(self.run_id, str(Path(out_dir) / name))
-        log_run_model(self.mlc, self.run_id, out_dir, data)
+        if model:
+            log_run_model(self.mlc, self.run_id, out_dir, data)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the run."""

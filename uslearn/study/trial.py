@@ -126,7 +126,8 @@ def run_logged(
         node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
     from uslearn.data.staging import staged_dataset
-    from uslearn.study.tracking import TrackedRun, finished_metrics, run_params, tracked_run
+    from uslearn.study import kept_models
+    from uslearn.study.tracking import finished_metrics, run_params, tracked_run
 
     flat = ctx.plan.trial_config(tune_config)
     out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
@@ -140,10 +141,11 @@ def run_logged(
     # child run opens: a trial that cannot stage fails without a run left RUNNING).
     data_path = staged_dataset(ctx.data_path, ctx.fingerprint)
     child = None
+    policy = ctx.plan.spec.log_models
     if rank == 0:
         cell = tune_config.get("cell", ctx.plan.cells[0].name)
         tags = {**ctx.tags, "cell": cell, "dataset_fingerprint": ctx.fingerprint}
-        child = TrackedRun(
+        child = kept_models.TrialRun(
             ctx.tracking_uri,
             ctx.experiment_id,
             run_name(ctx.plan, tune_config, trial_id),
@@ -151,8 +153,15 @@ def run_logged(
             parent_id=ctx.parent_run_id,
             trial_id=trial_id,
         )
+        child.keep_model = policy == "all"
         child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name))
-        child.set_tags({"out_dir": str(out_dir), **(node_tags or {})})
+        child.set_tags(
+            {
+                "out_dir": str(out_dir),
+                kept_models.TAG: kept_models.trial_tag(policy),
+                **(node_tags or {}),
+            }
+        )
         if resume_dir is not None:
             # A retried trial (its process or node died) or a resumed study: say from where.
             child.set_tags({"resumed_from": str(follow_pointer(resume_dir))})
@@ -163,11 +172,14 @@ def run_logged(
     # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
     final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
     if child is not None:
-        # A finished trial is never resumed, and its weights are now in MLflow (its model):
-        # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
+        # A finished trial is never resumed: its checkpoint goes (a ResNet18 trial would
+        # otherwise leave ~270 MB here). Its kept weights go too once they are in MLflow (its
+        # model); a trial that did not log its model keeps best.pt, from which the study's end
+        # (policy best) or a later `uslearn register` logs it (kept_models).
         shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
         shutil.rmtree(out_dir / "tune_checkpoint", ignore_errors=True)
-        (out_dir / "best.pt").unlink(missing_ok=True)
+        if policy == "all":
+            (out_dir / "best.pt").unlink(missing_ok=True)
     # The last report carries the test metrics, so Tune's results (and the end-of-study
     # summary) hold them too, not only MLflow.
     report(for_tune(final), None)
