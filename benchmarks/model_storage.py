@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from uslearn.study.storage import fmt_bytes, tree_bytes, weights_bytes  # noqa: E402
 
-TINY = ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "4", "--device", "cpu"]
+TINY = ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "2", "--device", "cpu"]
+FEW = ["--label-fraction", "0.2"]  # a few labelled exams: a real run that ends fast
 
 
 def one_run(root: Path, data: Path, strategy: str) -> tuple[int, int, int]:
@@ -33,7 +34,7 @@ def one_run(root: Path, data: Path, strategy: str) -> tuple[int, int, int]:
     out = root / strategy
     args = ["train", "--data", str(data), "--strategy", strategy, "--epochs", "1"]
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main([*args, "--out", str(out), "--mlflow", uri, *TINY]) == 0
+        assert main([*args, "--out", str(out), "--mlflow", uri, *TINY, *FEW]) == 0
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("uslearn-train").experiment_id
     run = client.search_runs([experiment], filter_string=f"params.strategy = '{strategy}'")[0]
