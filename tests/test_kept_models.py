@@ -19,8 +19,7 @@ from uslearn.study import kept_models
 from uslearn.study.logged_models import register_best, run_weights
 from uslearn.study.run_model import models_of
 
-TINY = ["--size", "32", "--batch-exams", "4", "--max-images-per-exam", "2", "--device", "cpu"]
-FEW = ["--label-fraction", "0.2"]  # a few labelled exams: a real run that ends fast
+TINY = ["--size", "32", "--batch-exams", "16", "--max-images-per-exam", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def trained(tiny_phantom, tmp_path_factory) -> Path:
     """Return the output folder of a finished 1-epoch supervised run (a model package)."""
     out = tmp_path_factory.mktemp("trained") / "run"
     args = ["train", "--data", str(tiny_phantom), "--strategy", "supervised", "--epochs", "1"]
-    assert main([*args, "--out", str(out), *TINY, *FEW]) == 0
+    assert main([*args, "--out", str(out), *TINY]) == 0
     assert (out / "best.pt").is_file() and (out / "package.json").is_file()
     return out
 
