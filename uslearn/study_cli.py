@@ -120,9 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-models",
         choices=MODEL_POLICIES,
-        help="which trials log their MLflow model (~45 MB each): best = the best trial of each "
-        "cell by the study's metric, logged when the study ends (the study's default, usually); "
-        "all; none. The others keep best.pt in their output folder for 'uslearn register'",
+        help="which trials log their MLflow model (~45 MB each): best (the best trial of each "
+        "cell by the study's metric, logged when the study ends), all or none; the others keep "
+        "best.pt in their output folder for 'uslearn register' (default: the study's "
+        "log_models, best)",
     )
 
 

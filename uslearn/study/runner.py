@@ -240,6 +240,8 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
 
     Writes ``results.csv`` and ``study.json`` into the experiment folder; the parent run is
     FINISHED when every trial finished, FAILED otherwise (``--resume`` retries the rest).
+    Under ``log_models="best"`` the model of each cell's best finished trial is logged once
+    the Tuner is done (``kept_models.log_cell_models``).
     """
     spec = plan.spec
     cluster = connect(address, plan.resources.mode)
