@@ -240,8 +240,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
 
     Writes ``results.csv`` and ``study.json`` into the experiment folder; the parent run is
     FINISHED when every trial finished, FAILED otherwise (``--resume`` retries the rest).
-    Under ``log_models="best"`` the model of each cell's best finished trial is logged once
-    the Tuner is done (``kept_models.log_cell_models``).
+    Under ``log_models="best"`` each cell's best model is logged after the Tuner (kept_models).
     """
     spec = plan.spec
     cluster = connect(address, plan.resources.mode)
@@ -312,12 +311,10 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         grid = build_tuner(plan, ctx, inv, parallel).fit()
         frame = results_frame(plan, grid)
         tracking.log_summary(inv.tracking_uri, parent, summary_metrics(frame))
-        if spec.log_models == "best":
-            # Only now is each cell's best trial known (kept_models).
-            lines = kept_models.log_cell_models(
+        if spec.log_models == "best":  # only now is each cell's best trial known
+            for line in kept_models.log_cell_models(
                 inv.tracking_uri, exp_id, parent, spec.metric, spec.mode
-            )
-            for line in lines:
+            ):
                 log.info("%s", line)
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
     finally:
