@@ -20,6 +20,8 @@ import pytest
 
 from uslearn.study import StudySpec
 from uslearn.study.logged_models import run_weights
+from uslearn.study.run_model import models_of
+from uslearn.study.storage import weights_bytes
 from uslearn.study_cli import load_study, main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -125,13 +127,28 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
         assert "test/f1/liver" in child.data.metrics and "test/nmi" in child.data.metrics
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"metrics.json", "per_class.csv", "cluster_labels.csv"} <= artifacts
-        # The kept weights are stored once: in the run's logged model, not as an artifact.
+        # The kept weights are stored once: in a logged model or the trial's folder.
         assert "best.pt" not in artifacts and "model_error" not in tags
         weights = run_weights(uri, child.info.run_id, tmp_path / "weights" / child.info.run_id)
-        assert weights.name == "best.pt" and weights.stat().st_size > 1e6
-    # Finished trials keep their small files; the weights live in MLflow only.
+        # What --dry-run plans with: a real trial's best.pt (its heads and config aside).
+        assert weights.name == "best.pt" and abs(weights.stat().st_size - weights_bytes()) < 2e4
+    # The default --log-models best: one model per cell, that of its best trial by the metric.
+    for cell in ("pica lam=2", "lsd lam=2"):
+        group = [c for c in children if c.data.tags["cell"] == cell]
+        logged = [c for c in group if models_of(client, c)]
+        assert len(logged) == 1 and len(models_of(client, logged[0])) == 1
+        best = max(c.data.metrics["val/f1_weighted"] for c in group)
+        assert logged[0].data.metrics["val/f1_weighted"] == best
+        for child in group:
+            kept = child is logged[0]
+            assert child.data.tags["model_logged"] == ("best_of_cell" if kept else "not_logged")
+            out_dir = Path(child.data.tags["out_dir"])
+            # The others keep their weights (and package.json) for `uslearn register`.
+            assert (out_dir / "best.pt").is_file() != kept and (out_dir / "package.json").is_file()
+    # Finished trials keep no checkpoint.
     (outputs,) = (tmp_path / "studies" / "probe_grid").glob("*/outputs")
-    assert len(list(outputs.glob("*/metrics.json"))) == 4 and not list(outputs.rglob("*.pt"))
+    assert len(list(outputs.glob("*/metrics.json"))) == 4 and not list(outputs.rglob("checkpoint*"))
+    assert len(list(outputs.glob("*/best.pt"))) == 2
     table = results(tmp_path, "probe_grid")
     assert sorted(zip(table["cell"], table["seed"])) == [
         ("lsd lam=2", 0),
@@ -142,6 +159,8 @@ def test_a_grid_study_logs_one_parent_and_one_named_child_per_trial(
     assert (table["status"] == "ok").all()
     out = capsys.readouterr().out
     assert "best / mean over seeds per cell" in out and "report: " in out
+    assert "written: MLflow artifacts" in out and "(2 model(s) " in out
+    assert "trial folders " in out and "(2 best.pt of trials whose model is not logged" in out
     (report,) = (tmp_path / "studies" / "probe_grid").glob("*/report/report.html")
     assert report.is_file()
 
@@ -228,7 +247,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, t
 
     spec, file = load_study(str(study_file))
     assert main(spec, file, [*argv, "--resume"]) == 0
-    _, parents, children = runs_of(tmp_path, "probe_resume")
+    client, parents, children = runs_of(tmp_path, "probe_resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [c.data.tags["trial_id"] for c in children]
     assert len(children) == 3 and len(set(trial_ids)) == 3
@@ -237,6 +256,8 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, t
     ]
     after = {c.data.tags["trial_id"]: c.info.end_time for c in children}
     assert all(after[t] == end for t, end in before.items())  # finished trials did not run again
+    # One seed per cell: every trial is the best of its cell, and its model is logged once.
+    assert [len(models_of(client, c)) for c in children] == [1, 1, 1]
     assert sorted(results(tmp_path, "probe_resume")["cell"]) == ["lam=1", "lam=2", "lam=5"]
 
 
@@ -246,11 +267,15 @@ def test_smoke_test_runs_one_trial_of_the_first_cell_on_the_tiny_phantom(
     monkeypatch.setenv("USLEARN_DATA", str(tiny.parent))  # where --smoke-test looks for "tiny"
     spec, file = load_study("lambda_sensitivity")
     argv = ["--smoke-test", "--no-report", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    argv += ["--log-models", "all"]
     assert main(spec, file, [*argv, "--storage", str(tmp_path / "studies")]) == 0
-    _, _, children = runs_of(tmp_path, "lambda_sensitivity")
+    client, _, children = runs_of(tmp_path, "lambda_sensitivity")
     (child,) = children
     assert child.info.run_name == "pica lam=0.5 seed=0" and child.data.params["epochs"] == "1"
     assert "steps" not in child.data.params  # PICA runs for epochs; it logs no steps
+    # --log-models all: the trial logged its model itself and kept no weights on disk.
+    assert child.data.tags["model_logged"] == "all" and len(models_of(client, child)) == 1
+    assert not (Path(child.data.tags["out_dir"]) / "best.pt").exists()
 
 
 def test_a_two_worker_trial_runs_as_a_ddp_train_job(ray_address, tiny, tmp_path):
@@ -258,10 +283,14 @@ def test_a_two_worker_trial_runs_as_a_ddp_train_job(ray_address, tiny, tmp_path)
     argv = study_argv(
         tmp_path, tiny, "--no-report", "--workers-per-trial", "2", "--set", "epochs=1"
     )
+    argv += ["--log-models", "none"]
     assert main(spec, str(tmp_path / "probe_ddp.py"), argv) == 0
-    _, _, children = runs_of(tmp_path, "probe_ddp")
+    client, _, children = runs_of(tmp_path, "probe_ddp")
     (child,) = children  # only rank 0 logs
     assert child.data.params["workers"] == "2" and child.info.status == "FINISHED"
+    # --log-models none: no model, even of the best trial; its weights stay in its folder.
+    assert child.data.tags["model_logged"] == "not_logged" and not models_of(client, child)
+    assert (Path(child.data.tags["out_dir"]) / "best.pt").is_file()
     assert any((tmp_path / "studies" / "probe_ddp").glob("*/train/*"))
 
 

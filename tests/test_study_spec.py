@@ -182,6 +182,7 @@ def test_a_search_runs_one_seed_and_its_sampled_values_win():
         ({"grid": {"seed": [1, 2]}}, "seeds="),
         ({"grid": {"lam": []}}, "no values"),
         ({"mode": "up"}, "max or min"),
+        ({"log_models": "best_only"}, "log_models='best_only'; expected one of best, all, none"),
         ({"search": Search({"lam": LogUniform(1, 2)}, {"default": 2})}, "one arm"),
     ],
 )
@@ -367,6 +368,54 @@ def test_dry_run_prints_the_trials_the_resources_and_an_estimate(tmp_path, capsy
     assert "estimate: unknown until the dataset exists" in out
 
 
+@pytest.mark.parametrize(
+    "flag, models, kept",
+    [([], 10, 10), (["--log-models", "all"], 20, 0), (["--log-models", "none"], 0, 20)],
+)
+def test_dry_run_prints_the_storage_the_model_policy_needs(tmp_path, capsys, flag, models, kept):
+    from uslearn.study.storage import (
+        MODEL_EXTRA_BYTES,
+        RUN_ARTIFACT_BYTES,
+        fmt_bytes,
+        weights_bytes,
+    )
+
+    lam, file = load_study("lambda_sensitivity")
+    argv = ["--dry-run", "--profile", "cpu-demo", "--data", str(tmp_path / "absent"), *flag]
+    assert main(lam, file, argv) == 0
+    out = capsys.readouterr().out
+    model = weights_bytes() + MODEL_EXTRA_BYTES
+    assert f"logs its model: {models} x {fmt_bytes(model)}" in out
+    total = models * model + 20 * RUN_ARTIFACT_BYTES
+    assert f"storage: MLflow artifacts ~{fmt_bytes(total)} ({models} model(s)" in out
+    assert f"trial folders ~{fmt_bytes(kept * weights_bytes())} ({kept} best.pt" in out
+    # ResNet18's 11.2 M float32 weights, whatever the image size.
+    assert 44e6 < weights_bytes() < 46e6
+
+
+def test_a_search_keeps_the_model_of_its_best_trial_only():
+    from uslearn.study.storage import models_logged
+
+    search = make_spec(
+        arms={"lsd": {"strategy": "lsd"}},
+        grid={},
+        search=Search({"lam": LogUniform(0.5, 10)}, {"default": 30}),
+    )
+    assert models_logged(make_plan(search, "cpu-demo")) == 1
+    text = dryrun.describe(make_plan(search, "cpu-demo"), {"CPU": 2}, None, 0.0)
+    assert "the best trial of the search by val/f1_weighted logs its model: 1 x" in text
+    assert models_logged(make_plan(make_spec(log_models="all"), "cpu-demo")) == 12
+    assert models_logged(make_plan(make_spec(), "cpu-demo")) == 6
+
+
+def test_an_unknown_log_models_value_is_refused_on_the_command_line(tmp_path, capsys):
+    lam, file = load_study("lambda_sensitivity")
+    with pytest.raises(SystemExit) as exit_:
+        main(lam, file, ["--dry-run", "--log-models", "some"])
+    assert exit_.value.code == 2
+    assert "--log-models: invalid choice: 'some'" in capsys.readouterr().err
+
+
 def test_uslearn_study_runs_a_study_file_by_name(tmp_path, capsys):
     from uslearn.cli import main as uslearn_main
 
@@ -417,6 +466,15 @@ def test_resume_rebuilds_the_plan_from_the_saved_flags_and_refuses_other_ones(tm
     assert "10 trials = 10 cells x 1 seeds" in out and "epochs=2" in out
     assert main(lam, file, [*argv, "--seeds", "3"]) == 2
     assert "--seeds 3 differs from the interrupted run's 1" in capsys.readouterr().err
+    # The model policy is a flag of the run too: a resume keeps it.
+    options["log_models"] = "none"
+    (earlier / "study.json").write_text(json.dumps({**state, "data_path": str(tmp_path)}))
+    assert main(lam, file, argv) == 0
+    assert "models (--log-models none): no trial logs its model: 0 x" in capsys.readouterr().out
+    assert main(lam, file, [*argv, "--log-models", "all"]) == 2
+    assert "--log-models 'all' differs from the interrupted run's 'none'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_tune_persists_a_pointer_to_the_runs_checkpoint_not_the_weights(tmp_path):

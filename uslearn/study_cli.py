@@ -17,6 +17,7 @@ import math
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from uslearn.config import finite_float
@@ -24,7 +25,7 @@ from uslearn.data.cli import add_verify_data
 from uslearn.errors import EnvError, UserError
 from uslearn.study.profiles import PROFILES
 from uslearn.study.resources import PLACEMENTS, Resources
-from uslearn.study.spec import StudySpec
+from uslearn.study.spec import MODEL_POLICIES, StudySpec
 
 StudyLike = StudySpec | Callable[[argparse.Namespace], StudySpec]
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
@@ -115,6 +116,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--register",
         metavar="NAME",
         help="register the best trial by validation F1 as models:/NAME/<next version>",
+    )
+    parser.add_argument(
+        "--log-models",
+        choices=MODEL_POLICIES,
+        help="which trials log their MLflow model (~45 MB each): best (the best trial of each "
+        "cell by the study's metric, logged when the study ends), all or none; the others keep "
+        "best.pt in their output folder for 'uslearn register' (default: the study's "
+        "log_models, best)",
     )
 
 
@@ -209,6 +218,7 @@ PLAN_OPTIONS = (
     "cpus_per_worker",
     "placement",
     "smoke_test",
+    "log_models",
 )
 
 
@@ -260,6 +270,8 @@ def run(study: StudyLike, args: argparse.Namespace, study_file: str) -> int:
             f"--resume: the run being resumed ({exp_dir}) used profile '{state['profile']}', "
             f"not '{profile}'; drop --profile or start a new run"
         )
+    if getattr(args, "log_models", None):
+        spec = replace(spec, log_models=args.log_models)
     prof = PROFILES[profile]
     res = _resources(spec.resources.get(profile, prof.resources), args)
     plan = make_plan(

@@ -1,4 +1,5 @@
-"""``--dry-run``: the trial table, the resource plan and a time estimate, without running anything.
+"""``--dry-run``: the trial table, the resource plan, the storage and a time estimate, without
+running anything.
 
 Plain text built from the plan, the cluster's resources and the dataset's split counts; the
 estimate uses the measured per-trial throughput in ``resources.THROUGHPUT``.
@@ -12,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from uslearn.strategies.registry import ENTRIES
+from uslearn.study import storage
 from uslearn.study.resources import (
     STARTUP_S,
     concurrency,
@@ -93,7 +95,8 @@ def describe(
     per_exam: float,
     max_concurrent: int | None = None,
 ) -> str:
-    """Return the dry-run text: trials, fixed settings, resources, concurrency, estimate."""
+    """Return the dry-run text: trials, fixed settings, resources, concurrency, storage,
+    estimate."""
     spec, res = plan.spec, plan.resources
     parallel = concurrency(res, cluster, max_concurrent)
     lines = []
@@ -130,6 +133,7 @@ def describe(
     lines.append(f"cluster: {have} -> {parallel} trial(s) at a time")
     for note in spec.notes:
         lines.append(f"note: {note}")
+    lines += storage.plan_lines(plan)
     if counts is None:
         lines.append(
             "estimate: unknown until the dataset exists (it is generated on the first run)"

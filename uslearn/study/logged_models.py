@@ -22,7 +22,7 @@ from pathlib import Path
 
 from uslearn.errors import UserError
 from uslearn.log import get_logger
-from uslearn.study.run_model import MODEL_NAME, first_line, quiet_mlflow
+from uslearn.study.run_model import MODEL_NAME, first_line, models_of, quiet_mlflow
 from uslearn.study.tracking import client
 
 log = get_logger(__name__)
@@ -32,15 +32,9 @@ SELECT_BY = "val/f1_weighted"
 
 def _logged_model(mlc, run, name: str = MODEL_NAME):
     """Return the newest logged model ``name`` of ``run`` that did not fail; UserError if none."""
-    from mlflow.entities import LoggedModelStatus
-
     run_id = run.info.run_id
-    models = mlc.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
-    )
     # A retried trial may have logged its model before it was interrupted: take the last one.
-    usable = [m for m in models if m.status != LoggedModelStatus.FAILED]
+    usable = models_of(mlc, run, name)
     if not usable:
         raise UserError(
             f"run {run_id} has no logged model '{name}' (runs of 'uslearn train --mlflow' and "
@@ -62,7 +56,8 @@ def run_weights(tracking_uri: str, run_id: str, dest: str | Path) -> Path | None
     """Return a local copy of the kept weights (``best.pt``) of run ``run_id``, or None.
 
     They live in the run's logged model; a run whose model could not be logged (tag
-    ``model_error``) keeps them as its artifact ``best.pt``.
+    ``model_error``) keeps them as its artifact ``best.pt``, and a study trial whose model
+    was not kept (``log_models``) in its output folder (tag ``out_dir``) while that exists.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -85,7 +80,11 @@ def run_weights(tracking_uri: str, run_id: str, dest: str | Path) -> Path | None
         try:
             return Path(mlc.download_artifacts(run_id, "best.pt", str(dest)))
         except (MlflowException, OSError):
-            return None
+            pass
+    kept = Path(run.data.tags.get("out_dir", "")) / "best.pt"
+    if not (run.data.tags.get("out_dir") and kept.is_file()):
+        return None
+    return Path(shutil.copy2(kept, Path(dest) / "best.pt"))
 
 
 def register_run(tracking_uri: str, run_id: str, name: str):
@@ -95,13 +94,22 @@ def register_run(tracking_uri: str, run_id: str, name: str):
         The ``ModelVersion`` (its ``version`` makes ``models:/<name>/<version>``); its tags
         hold the package's facts (strategy, family, classes, sizes, F1, dataset fingerprint).
 
+    A study trial whose model was not logged (the study's ``log_models`` policy) gets it
+    logged first from its output folder, while that folder exists (``kept_models``).
+
     Raises:
-        UserError: no such run, or the run has no logged uslearn model.
+        UserError: no such run, or the run has no logged uslearn model and no output folder
+            holding its package.
     """
     from mlflow.exceptions import MlflowException
 
+    from uslearn.study.kept_models import AT_REGISTER, log_from_out_dir
+
     mlc = client(tracking_uri)
-    model = _logged_model(mlc, _get_run(mlc, run_id, tracking_uri))
+    run = _get_run(mlc, run_id, tracking_uri)
+    if not models_of(mlc, run) and "out_dir" in run.data.tags:
+        log_from_out_dir(mlc, run, AT_REGISTER)
+    model = _logged_model(mlc, run)
     try:
         mlc.create_registered_model(name)
     except MlflowException as err:

@@ -28,6 +28,17 @@ MODEL_NAME = "model"  # the logged model's name within its run: runs:/<run id>/m
 IN_MODEL = ("best.pt", "package.json")
 
 
+def models_of(mlc, run, name: str = MODEL_NAME) -> list:
+    """Return the logged models ``name`` of ``run`` (an MLflow ``Run``) that did not fail."""
+    from mlflow.entities import LoggedModelStatus
+
+    models = mlc.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'",
+    )
+    return [m for m in models if m.status != LoggedModelStatus.FAILED]
+
+
 def send_run_files(tracking_uri: str):
     """Return how a run's journalled ``artifacts`` entry is sent: ``send(run_id, entry)``.
 
@@ -43,8 +54,13 @@ def send_run_files(tracking_uri: str):
         for name in RUN_FILES:
             if name not in IN_MODEL and (out_dir / name).is_file():
                 mlc.log_artifact(run_id, str(out_dir / name))
-        if entry.get("model", True) and not _has_model(mlc, run_id):
-            log_run_model(mlc, run_id, out_dir, entry["data"])
+        if entry.get("model", True):
+            if not _has_model(mlc, run_id):
+                log_run_model(mlc, run_id, out_dir, entry["data"])
+        else:
+            # A trial whose model the study does not keep now (``kept_models``): its folder
+            # becomes a model package, which the study's end or `uslearn register` logs.
+            _package_only(mlc, run_id, out_dir, entry["data"])
 
     return send
 
@@ -52,12 +68,23 @@ def send_run_files(tracking_uri: str):
 def _has_model(mlc, run_id: str) -> bool:
     from mlflow.entities import LoggedModelStatus
 
-    run = mlc.get_run(run_id)
-    models = mlc.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
-    )
+    models = models_of(mlc, mlc.get_run(run_id))
     return any(m.status == LoggedModelStatus.READY for m in models)
+
+
+def _package_only(mlc, run_id: str, out_dir: Path, data) -> None:
+    """Write ``package.json`` into ``out_dir`` and upload it; never fail the finished run."""
+    from uslearn.data.dataset import Dataset
+    from uslearn.inference.package import write_package
+
+    try:
+        path = write_package(out_dir, Dataset.open(data))
+    except Exception as err:  # noqa: BLE001 - a finished run stays finished
+        why = first_line(err)
+        log.warning("run %s: its model package could not be written (%s)", run_id, why)
+        mlc.set_tag(run_id, "model_error", why[:500])
+        return
+    mlc.log_artifact(run_id, str(path))
 
 
 def log_run_model(mlc, run_id: str, out_dir: str | Path, data) -> None:
@@ -88,7 +115,9 @@ def log_model(mlc, run_id: str, out_dir: str | Path, data) -> str:
         mlc: an ``MlflowClient`` of the run's store.
         run_id: the run that trained the model.
         out_dir: its output folder (best.pt, thresholds.json, config.json, ...).
-        data: the training dataset (a ``Dataset`` or its directory).
+        data: the training dataset (a ``Dataset`` or its directory), or None when
+            ``out_dir`` already holds its ``package.json`` (a trial whose model is logged
+            later: ``kept_models``).
 
     Returns:
         The model's URI, ``models:/<model id>``.
@@ -100,8 +129,8 @@ def log_model(mlc, run_id: str, out_dir: str | Path, data) -> str:
     from uslearn.inference import pyfunc
     from uslearn.inference.package import ModelPackage, write_package
 
-    data = data if isinstance(data, Dataset) else Dataset.open(data)
-    write_package(out_dir, data)
+    if data is not None:
+        write_package(out_dir, data if isinstance(data, Dataset) else Dataset.open(data))
     package = ModelPackage.load(out_dir)
     run = mlc.get_run(run_id)
     facts = package.describe()

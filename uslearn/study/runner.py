@@ -22,7 +22,7 @@ import pandas as pd
 from uslearn import files
 from uslearn.errors import UserError
 from uslearn.log import get_logger
-from uslearn.study import tracking
+from uslearn.study import kept_models, tracking
 from uslearn.study.delivery import patiently
 from uslearn.study.resources import concurrency
 from uslearn.study.spec import Plan
@@ -242,6 +242,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
 
     Writes ``results.csv`` and ``study.json`` into the experiment folder; the parent run is
     FINISHED when every trial finished, FAILED otherwise (``--resume`` retries the rest).
+    Under ``log_models="best"`` each cell's best model is logged after the Tuner (kept_models).
     """
     spec = plan.spec
     cluster = connect(address, plan.resources.mode)
@@ -272,6 +273,7 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
             "cpus_per_worker": plan.resources.cpus_per_worker,
             "dataset": str(inv.data_path),
             "notes": " | ".join(spec.notes) or "none",
+            "log_models": spec.log_models,
         }
         parent = tracking.start_parent(inv.tracking_uri, exp_id, spec.name, tags, params)
         tracking.describe(inv.tracking_uri, parent, description(plan, inv))
@@ -316,6 +318,15 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
         kept = _send_kept(ctx, "at the end of the study")
         _record(state_path, kept_writes=kept)
+        if spec.log_models == "best":  # only now is each cell's best trial known
+            for line in patiently(
+                inv.tracking_uri,
+                "logging the cells' best models",
+                lambda: kept_models.log_cell_models(
+                    inv.tracking_uri, exp_id, parent, spec.metric, spec.mode
+                ),
+            ):
+                log.info("%s", line)
         patiently(
             inv.tracking_uri,
             "logging the study's summary",

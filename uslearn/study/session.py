@@ -152,10 +152,12 @@ def cluster_resources(address: str | None) -> dict[str, float]:
 
 
 def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
-    """Return the end-of-study text: best/mean per cell, failures, where runs and figures are."""
+    """Return the end-of-study text: best/mean per cell, failures, where runs and figures are,
+    and what the study stored (MLflow artifacts, trial folders)."""
     import json
 
     from uslearn.study.runner import STATE_FILE, summarise
+    from uslearn.study.storage import written_lines
     from uslearn.study.tracking_uri import ui_hint
 
     state = json.loads((inv.exp_dir / STATE_FILE).read_text())
@@ -185,5 +187,7 @@ def footer(plan: Plan, inv, frame: pd.DataFrame) -> str:
         f"MLflow: parent run {parent}, experiment '{plan.spec.name}' at {inv.tracking_uri}"
     )
     lines.append(f"  runs table: {ui_hint(inv.tracking_uri, state.get('experiment_id'))}")
+    outputs = inv.exp_dir / "outputs"
+    lines += written_lines(inv.tracking_uri, state["experiment_id"], parent, outputs)
     lines.append(f"trials: {inv.exp_dir / 'results.csv'} (outputs in {inv.exp_dir / 'outputs'})")
     return "\n".join(lines)

@@ -20,6 +20,10 @@ from uslearn.strategies.registry import ENTRIES
 from uslearn.study.profiles import PROFILES, Profile
 from uslearn.study.resources import Resources
 
+# Which trials log their MLflow model (43 MB for ResNet18): the best of each cell by the
+# study's metric (a search is one cell), every trial, or none (uslearn/study/kept_models.py).
+MODEL_POLICIES = ("best", "all", "none")
+
 
 @dataclass(frozen=True)
 class LogUniform:
@@ -102,6 +106,10 @@ class StudySpec:
         mode: ``max`` or ``min``.
         resources: profile name -> per-trial resources replacing the profile's.
         max_failures: retries of a trial whose process dies (from its last checkpoint).
+        log_models: which trials log their MLflow model: ``best`` (the best finished trial of
+            each cell by ``metric``, logged when the study ends; a search is one cell),
+            ``all`` or ``none``. The others keep metrics, params and small artifacts, and
+            their ``best.pt`` in their output folder.
         notes: lines printed before the study starts (e.g. an arm that was skipped).
     """
 
@@ -116,6 +124,7 @@ class StudySpec:
     mode: str = "max"
     resources: Mapping[str, Resources] = field(default_factory=dict)
     max_failures: int = 2
+    log_models: str = "best"
     notes: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -123,6 +132,11 @@ class StudySpec:
             raise ConfigError(f"study name '{self.name}': expected lower_snake_case")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"study '{self.name}': mode={self.mode!r}; expected max or min")
+        if self.log_models not in MODEL_POLICIES:
+            raise ConfigError(
+                f"study '{self.name}': log_models={self.log_models!r}; expected one of "
+                f"{', '.join(MODEL_POLICIES)}"
+            )
         if not self.arms:
             raise ConfigError(f"study '{self.name}': no arms left to run")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -197,7 +197,13 @@ class TrackedRun:
         trial_id: the Tune trial id, stable across restore and retries (None: standalone).
         run_dir: the run's output folder, home of its journal (None: a temporary folder, so
             nothing survives the process).
+
+    Attributes:
+        keep_model: log the run's model when it finishes (a study trial under the policy
+            ``best`` or ``none`` sets it False: ``kept_models``).
     """
+
+    keep_model = True
 
     def __init__(
         self,
@@ -289,8 +295,10 @@ class TrackedRun:
         self.delivery.write("batch", metrics=items, tags=tags, final=final)
 
     def log_artifacts(self, out_dir: str | Path, data: Any, model: bool = True) -> None:
-        """Upload the run's output files and (``model``) log its package as the MLflow model
-        ``model`` (``run_model.send_run_files``: the kept weights are stored there, once)."""
+        """Upload the run's output files and log its package as the MLflow model ``model``
+        (``run_model.send_run_files``: the kept weights are stored there, once); ``model=False``
+        makes the folder a model package and uploads the small files only (a study trial
+        whose model is not kept, ``kept_models``)."""
         self.delivery.write(
             "artifacts",
             out_dir=str(Path(out_dir).resolve()),
@@ -367,7 +375,7 @@ def tracked_run(
         raise
     if tracked is not None:
         tracked.log_metrics(final, final=True)
-        tracked.log_artifacts(out_dir, data)
+        tracked.log_artifacts(out_dir, data, model=tracked.keep_model)
         tracked.finish("FINISHED")
     return final
 

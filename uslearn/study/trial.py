@@ -126,6 +126,7 @@ def run_logged(
         node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
     from uslearn.data.staging import staged_dataset
+    from uslearn.study import kept_models
     from uslearn.study.tracking import TrackedRun, run_params, tracked_run
 
     flat = ctx.plan.trial_config(tune_config)
@@ -142,6 +143,7 @@ def run_logged(
     # child run opens: a trial that cannot stage fails without a run left RUNNING).
     data_path = staged_dataset(ctx.data_path, ctx.fingerprint)
     child = None
+    policy = ctx.plan.spec.log_models
     if rank == 0:
         cell = tune_config.get("cell", ctx.plan.cells[0].name)
         tags = {**ctx.tags, "cell": cell, "dataset_fingerprint": ctx.fingerprint}
@@ -154,7 +156,12 @@ def run_logged(
             trial_id=trial_id,
             run_dir=out_dir,
         )
-        run_tags = {"out_dir": str(out_dir), **(node_tags or {})}
+        child.keep_model = policy == "all"
+        run_tags = {
+            "out_dir": str(out_dir),
+            kept_models.TAG: kept_models.trial_tag(policy),
+            **(node_tags or {}),
+        }
         if resume_dir is not None:
             # A retried trial (its process or node died) or a resumed study: say from where.
             run_tags["resumed_from"] = str(follow_pointer(resume_dir))
@@ -168,11 +175,14 @@ def run_logged(
     kept = 0
     if child is not None:
         kept = child.backlog
-        # A finished trial is never resumed, and its weights are now in MLflow (its model):
-        # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
+        # A finished trial is never resumed: its checkpoint goes (a ResNet18 trial would
+        # otherwise leave ~270 MB here). Its kept weights go too once they are in MLflow (its
+        # model); a trial that did not log its model keeps best.pt, from which the study's end
+        # (policy best) or a later `uslearn register` logs it (kept_models), and so does one
+        # whose model is still in its journal (the server was away).
         shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
         shutil.rmtree(out_dir / "tune_checkpoint", ignore_errors=True)
-        if not kept:  # the model is not sent yet: its journal entry still needs best.pt
+        if policy == "all" and not kept:
             (out_dir / "best.pt").unlink(missing_ok=True)
     # The last report carries the test metrics, so Tune's results (and the end-of-study
     # summary) hold them too, not only MLflow; ``tracking/kept`` counts unsent writes.
