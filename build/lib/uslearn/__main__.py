@@ -1,0 +1,5 @@
+import sys
+
+from uslearn.cli import main
+
+sys.exit(main())
