@@ -129,7 +129,7 @@ def test_table1_without_clustering_runs_is_a_clear_error(store):
 
 def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, capsys):
     uri, _ = store
-    args = ["report", "--study", "ghost", "--tracking-uri", uri, "--out", str(tmp_path)]
+    args = ["report", "--study", "ghost", "--tracking-uri", uri, "--out", str(tmp_path / "report")]
     assert main(args) == 2
     assert "study 'ghost' has no runs" in capsys.readouterr().err
 
@@ -137,10 +137,10 @@ def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, 
 @pytest.mark.slow
 def test_report_command_writes_the_html_with_a_bootstrap_interval(store, tmp_path, capsys):
     uri, _ = store
-    args = ["report", "--study", "sweep_study", "--mlflow", uri, "--out", str(tmp_path)]
+    args = ["report", "--study", "sweep_study", "--mlflow", uri, "--out", str(tmp_path / "report")]
     assert main([*args, "--interval", "bootstrap", "--no-log"]) == 0
-    assert str(tmp_path / "report.html") in capsys.readouterr().out
-    assert "percentile bootstrap" in (tmp_path / "report.html").read_text()
+    assert str(tmp_path / "report" / "report.html") in capsys.readouterr().out
+    assert "percentile bootstrap" in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_hold_fixed_keeps_the_most_frequent_value_of_other_swept_params_per_strategy():

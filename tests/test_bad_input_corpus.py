@@ -37,6 +37,8 @@ from corpus import (  # noqa: F401
     data_cases,
     dataset_cases,
     image_cases,
+    input_cases,
+    output_cases,
     predict_cases,
     resume_cases,
     run_cases,

@@ -126,9 +126,11 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return args.mlflow or default_tracking_uri()
 
 
-def _check_out(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise UserError(f"--out {path}: already exists; choose another path or pass --overwrite")
+def _inputs(args: argparse.Namespace) -> list:
+    """Return what the command reads from disk: outputs may land in none of them."""
+    model = Path(args.model)
+    found = [getattr(args, name, None) for name in ("data", "images", "dicom")]
+    return [*found, model if model.exists() else None]
 
 
 def _open_source(args: argparse.Namespace, package):
@@ -162,7 +164,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size {args.batch_size}: expected >= 1")
     if args.out.suffix not in (".csv", ".parquet"):
         raise UserError(f"--out {args.out}: expected a .csv or .parquet file")
-    _check_out(args.out, args.overwrite)
+    output.check_out(args.out, args.overwrite, _inputs(args), figure=args.data is not None)
     package = open_model(args.model, _tracking_uri(args))
     source = _open_source(args, package)
     if args.ray:
@@ -222,6 +224,7 @@ def _curate(args: argparse.Namespace) -> int:
 
     from analysis import curation as pictures
     from uslearn.data.dataset import Dataset
+    from uslearn.data.target import check_output
     from uslearn.inference import curate, sources
     from uslearn.inference.output import RowView
     from uslearn.inference.score import score_source
@@ -229,7 +232,7 @@ def _curate(args: argparse.Namespace) -> int:
 
     if args.per_sheet < 1 or args.rank < 1:
         raise UserError("--per-sheet and --rank: expected >= 1")
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite, curate.CURATE, _inputs(args))
     package = open_model(args.model, _tracking_uri(args))
     if not package.is_clustering:
         raise UserError(
