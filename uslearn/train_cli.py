@@ -321,6 +321,7 @@ def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[Path | None
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(target_lock(out))
+            created = not os.path.lexists(out)
             out.mkdir(exist_ok=True)
             if not os.access(out, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
@@ -338,9 +339,14 @@ def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[Path | None
             raise EnvError(
                 f"--out {describe_os_error(err, out, 'preparing the run folder')}"
             ) from err
-        if resume and (checkpoint / "checkpoint.pt").is_file():
-            yield checkpoint
-            return
-        if resume:
+        found = resume and (checkpoint / "checkpoint.pt").is_file()
+        if resume and not found:
             print(f"no checkpoint in {checkpoint}: starting from scratch", file=sys.stderr)
-        yield None
+        try:
+            yield checkpoint if found else None
+        except BaseException:
+            if created:  # a run that failed before writing anything leaves no empty folder
+                for folder in (checkpoint, out):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise

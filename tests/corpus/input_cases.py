@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+
 import numpy as np
 from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
@@ -12,10 +16,12 @@ from corpus.predict_cases import predict_argv
 from corpus.world import (
     SALT,
     Case,
+    World,
     case,
     frame,
     import_argv,
     inputs,
+    popen,
     train_argv,
     unshare,
 )
@@ -136,4 +142,41 @@ def _(w):
         "error",
         [tiny],
         prefix=prefix,
+    )
+
+
+def _truncated_under_training(c: Case, w: World) -> tuple[int, str]:
+    """Truncate the store (as ``cp`` over it does) once the run has started stepping."""
+    proc = popen(c.argv, c, w)
+    store = w.root / "tiny" / "images.u8"
+    deadline = time.monotonic() + 240
+    seen = ""
+    while time.monotonic() < deadline and proc.poll() is None and "step" not in seen:
+        seen += proc.stdout.readline()
+    assert proc.poll() is None, f"the run ended before the store could be truncated:\n{seen}"
+    os.truncate(store, store.stat().st_size // 2)
+    try:
+        rest, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[0] + "\n(timed out)"
+    return proc.returncode, seen + rest
+
+
+@case("images.u8 truncated while train runs (cp over the store)", slow=True)
+def _(w):
+    tiny = w.tiny()
+    argv = train_argv(w, "--epochs", "400", "--eval-every", "1", data=tiny)
+
+    def nothing_left(output):
+        assert not (w.root / "run").exists(), list((w.root / "run").rglob("*"))
+
+    return Case(
+        argv,
+        1,
+        r"error: .*tiny/images.u8: changed while this command read it \(its size went from",
+        "error",
+        [],
+        check=nothing_left,
+        runner=_truncated_under_training,
     )
