@@ -221,10 +221,10 @@ def test_a_missing_metric_leaves_out_only_what_needs_it_and_the_report_says_why(
 def test_settings_shared_by_every_trial_list_params_not_metrics(tmp_path):
     """epoch, step and k are metrics without a '/': they are no settings (issue 21)."""
     import mlflow
+    from test_analysis_factories import log_study
 
     from analysis.report_html import Report, render_html
     from analysis.runs import load
-    from test_analysis_factories import log_study
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
