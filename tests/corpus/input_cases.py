@@ -168,15 +168,11 @@ def _(w):
     tiny = w.tiny()
     argv = train_argv(w, "--epochs", "400", "--eval-every", "1", data=tiny)
 
-    def nothing_left(output):
-        assert not (w.root / "run").exists(), list((w.root / "run").rglob("*"))
-
     return Case(
         argv,
         1,
         r"error: .*tiny/images.u8: changed while this command read it \(its size went from",
         "error",
         [],
-        check=nothing_left,
         runner=_truncated_under_training,
     )
