@@ -112,9 +112,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg = sub.add_parser(
         "register",
         help="Register a run's model in the MLflow model registry.",
-        description="Register the model a finished run logged as models:/NAME/<next version>.",
+        description=(
+            "Register the model a finished run logged as models:/NAME/<next version>: a run by "
+            "id, or the best trial (by validation F1) of a study's latest invocation, without "
+            "running anything again."
+        ),
     )
-    reg.add_argument("--run", required=True, help="the MLflow run id")
+    which = reg.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="the MLflow run id")
+    which.add_argument(
+        "--study", help="a finished study's name: register the best trial of its latest run"
+    )
     reg.add_argument("--name", required=True, help="registered model name")
     _add_mlflow(reg)
     reg.set_defaults(func=_register)
@@ -275,11 +283,39 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from uslearn.study.logged_models import register_run
+    from uslearn.study.logged_models import register_best, register_run
 
-    version = register_run(_tracking_uri(args), args.run, args.name)
+    uri = _tracking_uri(args)
+    if args.study is not None:
+        print(register_best(uri, _latest_parent(uri, args.study), args.name))
+        return 0
+    version = register_run(uri, args.run, args.name)
     print(f"registered run {args.run} as models:/{args.name}/{version.version}")
     return 0
+
+
+def _latest_parent(tracking_uri: str, study: str) -> str:
+    """Return the id of the latest parent run (one invocation) of ``study``.
+
+    Raises:
+        UserError: the store has no run of that study.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(
+        experiments,
+        f"tags.study = '{study}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        raise UserError(
+            f"--study {study}: no finished run of that study in {tracking_uri} (its name is "
+            "the study file's, e.g. lambda_sensitivity)"
+        )
+    return parents[0].info.run_id
 
 
 __all__ = ["register"]
