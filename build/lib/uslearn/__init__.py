@@ -1,3 +1,0 @@
-"""uslearn: deep clustering, FixMatch and fine-tuning for multi-label abdominal ultrasound."""
-
-__version__ = "0.1.0"

@@ -1,5 +1,0 @@
-import sys
-
-from uslearn.cli import main
-
-sys.exit(main())
