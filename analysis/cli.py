@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", default=None, help="output directory (default: <runs dir>/reports/<study>)"
     )
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier report at --out"
+    )
+    parser.add_argument(
         "--interval",
         choices=("t", "bootstrap"),
         default="t",
@@ -62,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.level < 1.0:
         raise UserError(f"--level {args.level}: expected a coverage in (0, 1), e.g. 0.95")
-    _require_store(args.tracking_uri or default_tracking_uri())
+    store = _require_store(args.tracking_uri or default_tracking_uri())
     from analysis.report import build_report
+    from uslearn.data.target import Output, check_output
 
     out = args.out or runs_dir() / "reports" / args.study
+    inputs = [store, args.checkpoint, args.dataset]
+    check_output(out, args.overwrite, Output("an earlier report", True, _report_folder), inputs)
     report = build_report(
         args.study,
         out,
@@ -83,8 +89,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_store(uri: str) -> None:
-    """Refuse a sqlite store that does not exist or is empty: MLflow would create one."""
+def _report_folder(path) -> str:
+    """Return "" when ``path`` is empty or holds an earlier report, else why not."""
+    if not any(path.iterdir()) or (path / "report.html").is_file():
+        return ""
+    return "is not an earlier report (no report.html)"
+
+
+def _require_store(uri: str) -> str | None:
+    """Refuse a sqlite store that does not exist or is empty: MLflow would create one.
+
+    Returns:
+        The store's file (sqlite), None for a server or an in-memory store.
+    """
     from uslearn.errors import UserError
 
     if uri.startswith(("http://", "https://")):
@@ -93,10 +110,12 @@ def _require_store(uri: str) -> None:
         probe(uri)  # seconds and one line, not minutes of MLflow's retries
         return
     if not uri.startswith("sqlite:///"):
-        return
+        return None
     path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if path == ":memory:" or (os.path.isfile(path) and os.path.getsize(path) > 0):
-        return
+    if path == ":memory:":
+        return None
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        return path
     raise UserError(
         f"no MLflow store at {path} (no runs yet, or another --mlflow / "
         "$MLFLOW_TRACKING_URI); nothing was created"

@@ -220,11 +220,18 @@ def contact_sheet(
 def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG at ``path`` (folders created), replaced whole; return the path."""
     from uslearn import files
+    from uslearn.data.target import PNG_SOFTWARE
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.replacing(path, "the figure") as handle:
-        fig.savefig(handle, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+        fig.savefig(
+            handle,
+            format="png",
+            dpi=dpi,
+            facecolor=fig.get_facecolor(),
+            metadata={"Software": PNG_SOFTWARE},
+        )
     return path
 
 

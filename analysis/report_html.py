@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import tables
+from analysis.runs import METRICS_ATTR
 
 
 @dataclass
@@ -112,7 +113,8 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
         "start_time",
         "artifact_uri",
     }
-    return [c for c in frame.columns if c not in ids and "/" not in c and c != "best_step"]
+    metrics = set(frame.attrs.get(METRICS_ATTR, ()))
+    return [c for c in frame.columns if c not in ids | metrics and "/" not in c]
 
 
 def _shown(value: object) -> str:

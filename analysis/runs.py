@@ -19,6 +19,7 @@ from uslearn.strategies import registry
 log = get_logger(__name__)
 
 # Params that identify an arm, in the order frames are sorted by (with the swept knobs).
+METRICS_ATTR = "metrics"  # frame.attrs key: the names of the metric columns
 ARM_PARAMS = ("strategy", "init_kind", "label_fraction", *registry.hyperparameters())
 PER_CLASS_METRICS = ("f1", "precision", "recall", "support")
 _MISSING = {"None", "none", "nan", "NaN", ""}
@@ -167,7 +168,10 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     out = out.drop(columns=[name for name in metrics if name in out])
     out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
     order = [c for c in (*ARM_PARAMS, "seed") if c in out]
-    return out.sort_values([*order, "run_id"], kind="stable").reset_index(drop=True)
+    out = out.sort_values([*order, "run_id"], kind="stable").reset_index(drop=True)
+    # Which columns are metrics: ``epoch``, ``step``, ``k`` have no '/' but are no settings.
+    out.attrs[METRICS_ATTR] = sorted(metrics)
+    return out
 
 
 def typed_param(name: str, values: pd.Series) -> pd.Series:

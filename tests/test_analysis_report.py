@@ -129,7 +129,7 @@ def test_table1_without_clustering_runs_is_a_clear_error(store):
 
 def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, capsys):
     uri, _ = store
-    args = ["report", "--study", "ghost", "--tracking-uri", uri, "--out", str(tmp_path)]
+    args = ["report", "--study", "ghost", "--tracking-uri", uri, "--out", str(tmp_path / "report")]
     assert main(args) == 2
     assert "study 'ghost' has no runs" in capsys.readouterr().err
 
@@ -137,10 +137,10 @@ def test_report_command_fails_clearly_for_a_study_without_runs(store, tmp_path, 
 @pytest.mark.slow
 def test_report_command_writes_the_html_with_a_bootstrap_interval(store, tmp_path, capsys):
     uri, _ = store
-    args = ["report", "--study", "sweep_study", "--mlflow", uri, "--out", str(tmp_path)]
+    args = ["report", "--study", "sweep_study", "--mlflow", uri, "--out", str(tmp_path / "report")]
     assert main([*args, "--interval", "bootstrap", "--no-log"]) == 0
-    assert str(tmp_path / "report.html") in capsys.readouterr().out
-    assert "percentile bootstrap" in (tmp_path / "report.html").read_text()
+    assert str(tmp_path / "report" / "report.html") in capsys.readouterr().out
+    assert "percentile bootstrap" in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_hold_fixed_keeps_the_most_frequent_value_of_other_swept_params_per_strategy():
@@ -216,3 +216,26 @@ def test_a_missing_metric_leaves_out_only_what_needs_it_and_the_report_says_why(
     page = report.html.read_text()
     assert "Table 1 left out" in page
     assert not re.search(r">\s*nan\s*<", page, flags=re.IGNORECASE)
+
+
+def test_settings_shared_by_every_trial_list_params_not_metrics(tmp_path):
+    """epoch, step and k are metrics without a '/': they are no settings (issue 21)."""
+    import mlflow
+    from test_analysis_factories import log_study
+
+    from analysis.report_html import Report, render_html
+    from analysis.runs import load
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    metrics = {"epoch": 2.0, "step": 8.0, "k": 12.0, "val/f1_weighted": 0.5}
+    trials = [(dict(strategy="lsd", lam=1.0, alpha=1.05, seed=s), metrics) for s in (0, 1)]
+    log_study(client, experiment, "shared", trials)
+    frame = load("shared", tracking_uri=uri, require=())
+    parent = {"run_id": "p", "params": {}, "tags": {}}
+    page = render_html("shared", frame, parent, Report(html=tmp_path / "r.html"), uri)
+    shared = page.split("Settings shared by every trial</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<dt>lam</dt>" in shared and "<dt>alpha</dt>" in shared, shared
+    for metric in ("epoch", "step", "k"):
+        assert f"<dt>{metric}</dt>" not in shared, shared

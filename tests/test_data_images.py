@@ -220,3 +220,19 @@ def test_salt_is_required_unless_the_insecure_default_is_asked_for(monkeypatch):
     assert resolve_salt(None, insecure_default=True) == INSECURE_DEFAULT_SALT
     monkeypatch.setenv("USLEARN_SALT", "from-env")
     assert resolve_salt(None) == "from-env" and resolve_salt("given") == "given"
+
+
+def test_a_jpeg_with_an_exif_orientation_is_read_upright(tmp_path):
+    """Orientation 6 (camera turned 90°): stored rotated, shown upright by every viewer."""
+    from PIL import Image
+
+    from uslearn.data.images import read_image_file
+
+    pixels = np.zeros((40, 60), np.uint8)
+    pixels[:, :10] = 255  # a bright band on the left of the stored (sensor) image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    upright = read_image_file(tmp_path / "turned.jpg")
+    assert upright.shape[:2] == (60, 40)  # rotated 90° clockwise: the band is now on top
+    assert upright[:10].mean() > 200 and upright[-10:].mean() < 50

@@ -416,3 +416,21 @@ def test_registry_references_resolve_in_the_given_store_not_the_process_default(
         code, _, err = run_cli([*args, "--data", str(tiny_phantom), "--out", str(out)], capsys)
         assert code == 0, err
     assert mlflow.MlflowClient(uri, registry_uri=uri).get_registered_model("given-store")
+
+
+def test_register_study_takes_the_latest_finished_invocation_without_running_it(tmp_path):
+    """``uslearn register --study`` finds the study's latest parent run (issue 21)."""
+    from test_analysis_factories import log_study
+
+    from uslearn.errors import UserError
+    from uslearn.predict_cli import _latest_parent
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("lambda_sensitivity")
+    trials = [(dict(strategy="pica", lam=1.0, seed=0), {"val/f1_weighted": 0.5})]
+    log_study(client, experiment, "lambda_sensitivity", trials)
+    latest = log_study(client, experiment, "lambda_sensitivity", trials)
+    assert _latest_parent(uri, "lambda_sensitivity") == latest
+    with pytest.raises(UserError, match="--study nope: no finished run of that study"):
+        _latest_parent(uri, "nope")

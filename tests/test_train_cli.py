@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 
@@ -36,6 +38,23 @@ def test_train_writes_outputs_and_prints_the_per_class_table(tiny_phantom, tmp_p
     config = json.loads((out / "config.json").read_text())
     assert config["lam"] == 1.5 and config["strategy"] == "pica" and config["image_size"] == 32
     assert (out / "cluster_labels.csv").is_file() and (out / "best.pt").is_file()
+
+
+def test_train_without_a_bar_prints_step_and_loss_at_a_steady_cadence(
+    tiny_phantom, tmp_path, caplog, monkeypatch
+):
+    """No TTY: a 'step N/T  loss L' line each PROGRESS_EVERY_S between evaluations (issue 21)."""
+    from uslearn.strategies import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # every step: the cadence, made testable
+    monkeypatch.setenv("USLEARN_PROGRESS", "0")
+    args = ["train", "--data", str(tiny_phantom), "--strategy", "supervised", "--epochs", "1"]
+    with caplog.at_level(logging.INFO, logger="uslearn"):
+        assert main([*args, "--eval-every", "100", "--out", str(tmp_path / "run"), *TINY]) == 0
+    lines = re.findall(r"step (\d+)/(\d+)  loss (\d+\.\d+)", caplog.text)
+    steps = [int(step) for step, _, _ in lines]
+    assert len(steps) >= 2 and steps == sorted(steps), lines
+    assert all(int(total) == int(lines[0][1]) for _, total, _ in lines)
 
 
 def test_train_logs_one_mlflow_run_with_contract_names(tiny_phantom, tmp_path):

@@ -36,10 +36,12 @@ def progress_enabled() -> bool:
     """Return True when a person watches a terminal: stderr is a TTY and we are not under Ray."""
     if os.environ.get("USLEARN_PROGRESS") in ("0", "1"):
         return os.environ["USLEARN_PROGRESS"] == "1"
-    under_ray = any(
-        k in os.environ for k in ("RAY_TRAIN_WORKER", "TUNE_ORIG_WORKING_DIR", "RAY_JOB_ID")
-    )
-    return sys.stderr.isatty() and not under_ray
+    return sys.stderr.isatty() and not under_ray()
+
+
+def under_ray() -> bool:
+    """Return True inside a Ray Train worker, a Tune trial or a Ray job (Ray reports there)."""
+    return any(k in os.environ for k in ("RAY_TRAIN_WORKER", "TUNE_ORIG_WORKING_DIR", "RAY_JOB_ID"))
 
 
 def progress(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -176,7 +177,11 @@ def load_file(path: str | Path) -> object:
             Python objects. Disk and permission errors pass as OSError.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Arbitrary bytes can make torch warn (e.g. "Detected pickle protocol ...", advising
+        # weights_only=False) before it fails: the one line below is all the user should see.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         if is_environment_error(err) or isinstance(err, FileNotFoundError):
             raise
@@ -189,6 +194,9 @@ def load_file(path: str | Path) -> object:
             f"{path}: holds a Python object ({found.group(1)}) besides tensors, numbers and "
             "containers; uslearn does not load such files (unpickling them can run code)"
         ) from None
+    except UnicodeDecodeError:
+        # Bytes read as a pickle's string: not a truncated torch file but not one at all.
+        raise UserError(f"{path}: not a torch file, or a corrupt one") from None
     except (RuntimeError, EOFError, ValueError) as err:
         # A truncated zip archive: "PytorchStreamReader failed reading zip archive: ...".
         reason = str(err).split(". ")[0] if str(err) else "empty"

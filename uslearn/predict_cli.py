@@ -112,9 +112,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg = sub.add_parser(
         "register",
         help="Register a run's model in the MLflow model registry.",
-        description="Register the model a finished run logged as models:/NAME/<next version>.",
+        description=(
+            "Register the model a finished run logged as models:/NAME/<next version>: a run by "
+            "id, or the best trial (by validation F1) of a study's latest invocation, without "
+            "running anything again."
+        ),
     )
-    reg.add_argument("--run", required=True, help="the MLflow run id")
+    which = reg.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="the MLflow run id")
+    which.add_argument(
+        "--study", help="a finished study's name: register the best trial of its latest run"
+    )
     reg.add_argument("--name", required=True, help="registered model name")
     _add_mlflow(reg)
     reg.set_defaults(func=_register)
@@ -135,9 +143,11 @@ def _tracking_uri(args: argparse.Namespace, model: str | None = None) -> str:
     return uri
 
 
-def _check_out(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise UserError(f"--out {path}: already exists; choose another path or pass --overwrite")
+def _inputs(args: argparse.Namespace) -> list:
+    """Return what the command reads from disk: outputs may land in none of them."""
+    model = Path(args.model)
+    found = [getattr(args, name, None) for name in ("data", "images", "dicom")]
+    return [*found, model if model.exists() else None]
 
 
 def _open_source(args: argparse.Namespace, package):
@@ -172,7 +182,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size {args.batch_size}: expected >= 1")
     if args.out.suffix not in (".csv", ".parquet"):
         raise UserError(f"--out {args.out}: expected a .csv or .parquet file")
-    _check_out(args.out, args.overwrite)
+    output.check_out(args.out, args.overwrite, _inputs(args), figure=args.data is not None)
     package = open_model(args.model, uri)
     source = _open_source(args, package)
     if args.ray:
@@ -233,6 +243,7 @@ def _curate(args: argparse.Namespace) -> int:
 
     from analysis import curation as pictures
     from uslearn.data.dataset import Dataset
+    from uslearn.data.target import check_output
     from uslearn.inference import curate, sources
     from uslearn.inference.output import RowView
     from uslearn.inference.score import score_source
@@ -240,7 +251,7 @@ def _curate(args: argparse.Namespace) -> int:
 
     if args.per_sheet < 1 or args.rank < 1:
         raise UserError("--per-sheet and --rank: expected >= 1")
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite, curate.CURATE, _inputs(args))
     package = open_model(args.model, uri)
     if not package.is_clustering:
         raise UserError(
@@ -283,11 +294,39 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from uslearn.study.logged_models import register_run
+    from uslearn.study.logged_models import register_best, register_run
 
-    version = register_run(_tracking_uri(args), args.run, args.name)
+    uri = _tracking_uri(args)
+    if args.study is not None:
+        print(register_best(uri, _latest_parent(uri, args.study), args.name))
+        return 0
+    version = register_run(uri, args.run, args.name)
     print(f"registered run {args.run} as models:/{args.name}/{version.version}")
     return 0
+
+
+def _latest_parent(tracking_uri: str, study: str) -> str:
+    """Return the id of the latest parent run (one invocation) of ``study``.
+
+    Raises:
+        UserError: the store has no run of that study.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(
+        experiments,
+        f"tags.study = '{study}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        raise UserError(
+            f"--study {study}: no finished run of that study in {tracking_uri} (its name is "
+            "the study file's, e.g. lambda_sensitivity)"
+        )
+    return parents[0].info.run_id
 
 
 __all__ = ["register"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from uslearn.config import load_yaml
 from uslearn.data.cli import add_verify_data
 from uslearn.data.dataset import Dataset
-from uslearn.data.target import normalise, target_lock
+from uslearn.data.target import Output, check_output, normalise, target_lock
 from uslearn.errors import EnvError, UserError, describe_os_error, is_environment_error
 from uslearn.strategies.registry import STRATEGY_NAMES, config_classes, resolved_config
 from uslearn.study.journal import FOLDER as JOURNAL_FOLDER
@@ -134,7 +134,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out, --overwrite replaces it: give one")
     _check_init(resolved["init"])
-    check_out(args.out, args.resume, args.overwrite)
+    init = resolved["init"] if resolved["init"] not in ("random", "imagenet") else None
+    check_out(args.out, args.resume, args.overwrite, [args.data, init, resolved.get("weights")])
     if args.mlflow is not None:
         from uslearn.study.tracking_uri import probe
 
@@ -266,23 +267,32 @@ def _foreign(out: Path) -> list[str]:
     return sorted(foreign)
 
 
-def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+def _run_folder(out: Path) -> str:
+    """Return "" when ``out`` holds nothing but an earlier run's outputs, else why not."""
+    foreign = _foreign(out)
+    if not foreign:
+        return ""
+    return (
+        f"holds files that uslearn did not write ({', '.join(foreign[:3])}"
+        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder"
+    )
+
+
+RUN_FOLDER = Output("a uslearn run folder", True, _run_folder)
+
+
+def check_out(out: Path, resume: bool, overwrite: bool, inputs: list = ()) -> None:
     """Refuse an --out that a run would mix with other files or replace without being asked.
 
     ``out`` may be new, empty, or hold only uslearn's outputs: those of an earlier run need
-    ``--resume`` (with its checkpoint) or ``--overwrite``. Nothing is written here.
+    ``--resume`` (with its checkpoint) or ``--overwrite``. It lies in none of ``inputs`` (the
+    data, an --init checkpoint, --weights): ``check_output``'s rule. Nothing is written here.
 
     Raises:
         UserError: naming --out and what to do.
     """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for the run's outputs")
-    foreign = _foreign(out)
-    if foreign:
-        raise UserError(
-            f"--out {out}: holds files that uslearn did not write ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder"
-        )
+    # An existing folder is the run's to continue or replace (below): overwrite=True here.
+    check_output(out, True, RUN_FOLDER, inputs)
     if not has_run(out):
         return
     if resume and not (out / "checkpoint" / "checkpoint.pt").is_file():
@@ -315,6 +325,7 @@ def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[Path | None
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(target_lock(out))
+            created = not os.path.lexists(out)
             out.mkdir(exist_ok=True)
             if not os.access(out, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
@@ -332,9 +343,14 @@ def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[Path | None
             raise EnvError(
                 f"--out {describe_os_error(err, out, 'preparing the run folder')}"
             ) from err
-        if resume and (checkpoint / "checkpoint.pt").is_file():
-            yield checkpoint
-            return
-        if resume:
+        found = resume and (checkpoint / "checkpoint.pt").is_file()
+        if resume and not found:
             print(f"no checkpoint in {checkpoint}: starting from scratch", file=sys.stderr)
-        yield None
+        try:
+            yield checkpoint if found else None
+        except BaseException:
+            if created:  # a run that failed before writing anything leaves no empty folder
+                for folder in (checkpoint, out):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise

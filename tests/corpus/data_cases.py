@@ -192,7 +192,13 @@ def _(w):
     w.export()
     ds = w.dataset()
     argv = ["data", "gallery", str(ds), "--out", str(w.root / "labels.csv")]
-    return Case(argv, 2, r"exists and is not a PNG", "error", [*inputs(w), ds])
+    return Case(
+        argv,
+        2,
+        r"labels.csv: already exists; choose another path or pass --overwrite",
+        "error",
+        [*inputs(w), ds],
+    )
 
 
 def _two_imports(c: Case, w: World) -> tuple[int, str]:

@@ -353,6 +353,9 @@ def _add_gallery(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--per-class", type=int, default=6, help="images per class (default 6)")
     parser.add_argument("--split", help="only this split (default: all, spread)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier gallery at --out"
+    )
     parser.set_defaults(func=_run_gallery)
 
 
@@ -360,7 +363,8 @@ def _run_gallery(args: argparse.Namespace) -> int:
     from uslearn.data.dataset import Dataset
     from uslearn.data.gallery import write_gallery
 
-    print(write_gallery(Dataset.open(args.dataset), args.out, args.per_class, args.split))
+    dataset = Dataset.open(args.dataset)
+    print(write_gallery(dataset, args.out, args.per_class, args.split, args.overwrite))
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uslearn.errors import UserError, is_environment_error
+from uslearn.errors import EnvError, UserError, is_environment_error
 
 # Class order (contract): the paper's table order.
 CLASSES: tuple[str, ...] = (
@@ -89,6 +89,39 @@ def integrity_meta(manifest_path: Path, store_path: Path) -> dict[str, str]:
         "fingerprint": fingerprint_files(manifest_path, store_path),
         "sample_hash": sample_hash(manifest_path, store_path),
     }
+
+
+def check_store(images: np.ndarray) -> None:
+    """Refuse to read a memory-mapped store that changed since it was mapped (``Dataset.images``).
+
+    A store truncated under a running command (``cp`` over it, ``rsync --inplace``) kills the
+    process with SIGBUS on the next read of a missing page, and one rewritten in place feeds it
+    other images: a ``stat`` before each batch turns both into one line. Plain arrays pass.
+
+    Raises:
+        EnvError: naming the store and what changed (exit 1: the input changed, not the flags).
+    """
+    opened = getattr(images, "uslearn_store", None)
+    if opened is None:
+        return
+    path, size, mtime_ns, inode = opened
+    try:
+        now = os.stat(path)
+    except OSError as err:
+        raise EnvError(f"{path}: vanished while this command read it ({err.strerror})") from None
+    if (now.st_size, now.st_mtime_ns, now.st_ino) == (size, mtime_ns, inode):
+        return
+    what = (
+        f"its size went from {size} to {now.st_size} bytes"
+        if now.st_size != size
+        else "it was rewritten"
+        if now.st_ino == inode
+        else "it was replaced by another file"
+    )
+    raise EnvError(
+        f"{path}: changed while this command read it ({what}; a copy over the dataset or "
+        "'rsync --inplace'?); run the command again once the dataset is complete"
+    )
 
 
 @dataclass(frozen=True)
@@ -176,13 +209,15 @@ class Dataset:
 
     @cached_property
     def images(self) -> np.ndarray:
-        """Return the read-only (N, H, W) uint8 memory map of the image store."""
-        return np.memmap(
-            self.root / STORE,
-            dtype=np.uint8,
-            mode="r",
-            shape=(len(self.manifest), self.size, self.size),
+        """Return the read-only (N, H, W) uint8 memory map of the image store (what the file
+        was when mapped is kept for ``check_store``)."""
+        path = self.root / STORE
+        images = np.memmap(
+            path, dtype=np.uint8, mode="r", shape=(len(self.manifest), self.size, self.size)
         )
+        stat = os.stat(path)
+        images.uslearn_store = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        return images
 
     @cached_property
     def labels(self) -> np.ndarray:

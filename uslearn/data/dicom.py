@@ -33,7 +33,7 @@ from uslearn.data.images import (
 )
 from uslearn.data.importers import ImportSettings, check_size, settings_report
 from uslearn.data.ingest import Item, Outcome, StoreAppender, Workers, decode_all, finish_import
-from uslearn.data.labels_csv import read_labels_csv
+from uslearn.data.labels_csv import check_inside, read_labels_csv
 from uslearn.data.pseudonym import pseudonym
 from uslearn.data.rejected import (
     FILTER_REASONS,
@@ -171,6 +171,7 @@ def list_files(root: Path) -> list[str]:
         rel = path.relative_to(root)
         hidden = any(part.startswith(".") for part in rel.parts)
         if path.is_file() and path.name.upper() != "DICOMDIR" and not hidden:
+            check_inside(root, rel.as_posix(), f"--dicom {root}")
             found.append(rel.as_posix())
     return sorted(found)
 
@@ -189,6 +190,24 @@ def _label_lookup(table, salt: str) -> dict[tuple[str, int], tuple]:
         key = row.key if row.key_column == "path" else pseudonym("image", row.key, salt)
         lookup[(key, row.frame)] = (row.labels, row.split, row.line)
     return lookup
+
+
+def _unused_row(
+    key: tuple[str, int],
+    line: int,
+    sampled: dict[str, tuple[int, tuple[int, ...]]],
+    max_frames: int,
+) -> str:
+    """Return why labels CSV row ``line`` (``key``: path or UID, frame) labelled no frame."""
+    n_frames, kept = sampled.get(key[0], (0, ()))
+    if 0 <= key[1] < n_frames and key[1] not in kept:
+        return (
+            f"labels CSV line {line}: frame {key[1]} was not sampled by --max-frames "
+            f"{max_frames} (kept frames {', '.join(map(str, kept))} of {n_frames}); raise "
+            "--max-frames, or 0 keeps every frame"
+        )
+    frame = f"frame {key[1]} of " if key[1] >= 0 else ""
+    return f"labels CSV line {line}: {frame}an image not found among the readable DICOM files"
 
 
 def plan_dicom(
@@ -221,6 +240,7 @@ def plan_dicom(
     tasks = [str(root / f) for f in files]
     results = workers.map(scan, tasks)
     items, rejections, seen = [], [], set()
+    sampled: dict[str, tuple[int, tuple[int, ...]]] = {}  # path or UID -> (frames, kept)
     missing_patient = 0
     for rel, facts in progress(zip(files, results), total=len(files), desc="scan", unit="file"):
         if "reason" in facts:
@@ -240,6 +260,7 @@ def plan_dicom(
         seen.add(facts["image"])
         missing_patient += facts["patient_missing"]
         frames = pick_frames(facts["frames"], max_frames)
+        sampled[rel] = sampled[facts["image"]] = (facts["frames"], frames)
         records = []
         for frame in frames:
             found = None
@@ -262,7 +283,7 @@ def plan_dicom(
         items.append(Item(rel, (str(root / rel), frames), records, list(frames)))
     for key, (_, _, line) in lookup.items():
         if key not in used:
-            detail = f"labels CSV line {line}: {'frame ' + str(key[1]) + ' of ' if key[1] >= 0 else ''}an image not found among the readable DICOM files"
+            detail = _unused_row(key, line, sampled, max_frames)
             if not settings.skip_bad:
                 raise DatasetError(f"{labels_csv}: {detail}")
             rejections.append(

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from uslearn import files
 from uslearn.data.check import combination_names
 from uslearn.data.dataset import CLASSES, SPLITS, Dataset, DatasetError
+from uslearn.data.target import FIGURE, PNG_SOFTWARE, check_output
 
 
 def pick_samples(
@@ -48,7 +50,11 @@ def pick_samples(
 
 
 def write_gallery(
-    dataset: Dataset, out: str | Path, per_class: int = 6, split: str | None = None
+    dataset: Dataset,
+    out: str | Path,
+    per_class: int = 6,
+    split: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a PNG grid of up to ``per_class`` images per class (and unlabelled); return its path.
 
@@ -57,10 +63,13 @@ def write_gallery(
         out: the PNG file to write (parent folders are created).
         per_class: tiles per row.
         split: show only this split; None spreads the samples over all splits.
+        overwrite: replace an earlier gallery (or another PNG figure uslearn wrote) at ``out``.
+
+    Raises:
+        DatasetError: ``out`` is inside the dataset, or exists and may not be replaced.
     """
     out = Path(out)
-    if out.is_dir() or (out.exists() and not _is_png(out)):
-        raise DatasetError(f"--out {out}: exists and is not a PNG image; choose another path")
+    check_output(out, overwrite, FIGURE, [dataset.root])
     # Figure + Agg canvas directly: no pyplot state, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -93,10 +102,6 @@ def write_gallery(
     fig.suptitle(title + (f", split {split}" if split else ""), fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    with files.replacing(out, "the gallery") as handle:
+        fig.savefig(handle, format="png", metadata={"Software": PNG_SOFTWARE})
     return out
-
-
-def _is_png(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -92,7 +92,8 @@ def read_image_file(path: str | Path) -> np.ndarray:
                 check_dimensions(*image.size)
                 image.load()  # decode fully now, so a truncated file fails here
                 declared = png_significant_bits(path) if image.format == "PNG" else None
-                return _pil_to_array(image, declared)
+                # An EXIF orientation (phones, some exporters) is applied, as every viewer does.
+                return _pil_to_array(ImageOps.exif_transpose(image), declared)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageRejected("too_large", f"{err} Not decoded.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

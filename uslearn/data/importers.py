@@ -18,7 +18,7 @@ import numpy as np
 from uslearn.data.dataset import CLASSES, MAX_SIZE, MIN_SIZE, DatasetError
 from uslearn.data.images import IMAGE_SUFFIXES, ImageRejected, Preprocess, prepare, read_image_file
 from uslearn.data.ingest import Item, Outcome, StoreAppender, Workers, decode_all, finish_import
-from uslearn.data.labels_csv import read_labels_csv
+from uslearn.data.labels_csv import check_inside, read_labels_csv
 from uslearn.data.pseudonym import pseudonym
 from uslearn.data.rejected import check_rejected_path, default_rejected_path
 from uslearn.data.target import check_target
@@ -69,6 +69,7 @@ def list_images(root: Path) -> list[str]:
         rel = path.relative_to(root)
         hidden = any(part.startswith(".") for part in rel.parts)
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not hidden:
+            check_inside(root, rel.as_posix(), f"--images {root}")
             found.append(rel.as_posix())
     return sorted(found)
 
@@ -110,6 +111,7 @@ def plan_folder(
     folder_ids: dict[str, set[tuple[str, str]]] = {}
     if table is not None:
         for row in table.itertuples(index=False):
+            check_inside(root, row.key, f"{labels_csv}, line {row.line}")
             listed.add(row.key)
             folder_ids.setdefault(str(Path(row.key).parent), set()).add(
                 (row.patient_raw, row.exam_raw)

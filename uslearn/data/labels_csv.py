@@ -1,6 +1,7 @@
 """The labels CSV of an import: one row per image, organ tags separated by ``;``.
 
-Columns (header names are case-insensitive; other columns are ignored):
+Columns (header names are case-insensitive; a column named twice, one not listed here or a
+CSV with no rows is refused: each is a mapping mistake that would otherwise go unseen):
 
     path        image file relative to the input folder (DICOM: or ``sop_instance_uid``)
     patient_id  the hospital's patient identifier (pseudonymised on import, never stored)
@@ -16,6 +17,7 @@ from a systematic mapping mistake that ``--skip-bad`` should not hide.
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path, PurePosixPath
 
@@ -75,6 +77,37 @@ def normalise_path(value: str, where: str) -> str:
     return path.as_posix()
 
 
+def check_inside(root: Path, rel: str, where: str) -> None:
+    """Refuse a file under ``root`` that a symbolic link leads outside it, as a ``..`` path is.
+
+    Raises:
+        DatasetError: naming ``where`` and the file (relative to ``root``).
+    """
+    if not (root / rel).resolve().is_relative_to(root.resolve()):
+        raise DatasetError(
+            f"{where}: {rel} is a symbolic link leading outside the input folder, like a '..' "
+            "path; copy the file into the folder or remove the link"
+        )
+
+
+def _check_header(path: Path, names: list[str], keys: tuple[str, ...]) -> None:
+    """Refuse a header naming a column twice or a column this module does not read."""
+    # An unnamed column (a trailing comma of a spreadsheet export) holds nothing to read.
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise DatasetError(
+            f"{path}, line 1: column(s) {', '.join(twice)} named more than once; name each once"
+        )
+    known = [*keys, "patient_id", "exam_id", "labels", "split"]
+    known += ["frame"] if "sop_instance_uid" in keys else []
+    unknown = [n for n in names if n and n not in known]
+    if unknown:
+        raise DatasetError(
+            f"{path}, line 1: unknown column(s) {', '.join(map(repr, unknown))}; expected "
+            f"{', '.join(known)} (rename or remove the others)"
+        )
+
+
 def read_labels_csv(
     path: str | Path, keys: tuple[str, ...] = ("path",), need_ids: bool = True
 ) -> pd.DataFrame:
@@ -105,7 +138,11 @@ def read_labels_csv(
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DatasetError(f"{path}: not a readable CSV ({err})") from err
-    table.columns = [str(c).strip().lower() for c in table.columns]
+    header = next(csv.reader(io.StringIO(text)), [])
+    _check_header(path, [c.strip().lower() for c in header], keys)
+    table.columns = [str(c).strip().lower() for c in header]
+    if table.empty:
+        raise DatasetError(f"{path}: has a header but no rows; expected one row per image")
     key_column = next((k for k in keys if k in table.columns), None)
     required = ["labels"] + (["patient_id", "exam_id"] if need_ids else [])
     missing = [c for c in required if c not in table.columns]

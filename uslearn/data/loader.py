@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from uslearn.data.dataset import DatasetError
+from uslearn.data.dataset import DatasetError, check_store
 
 
 def load_batch(
@@ -34,6 +34,7 @@ def load_batch(
 
     Raises:
         DatasetError: if ``images`` is not (N, H, W) uint8 or a row is out of range.
+        EnvError: the store changed on disk since it was mapped (``check_store``).
     """
     if images.dtype != np.uint8 or images.ndim != 3:
         raise DatasetError(
@@ -48,6 +49,7 @@ def load_batch(
     if pin is None:
         pin = device.type == "cuda"
     host = torch.empty((len(rows), *images.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+    check_store(images)  # a truncated store would kill the process with SIGBUS in the take
     # Gathering into the destination avoids an extra full-batch copy; ascending rows within an
     # exam (the sampler's order) make the memory-map reads mostly sequential.
     np.take(images, rows, axis=0, out=host.numpy())

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from uslearn.data.dataset import DatasetError
-from uslearn.data.target import normalise
+from uslearn.data.target import Output, check_output, normalise
 
 # Expected in any real export and never a reason to stop: they are counted and listed only.
 FILTER_REASONS = frozenset({"doppler", "duplicate", "not_dicom"})
@@ -50,28 +49,28 @@ _OUR_HEADERS = ("image_id,csv_line,frame,reason,detail", "source,frame,reason,de
 SHOWN_SKIPPED = 20
 
 
-def check_rejected_path(path: Path, inputs: Sequence[str | os.PathLike]) -> None:
-    """Refuse a rejected-list path inside an input or holding a file that is not a rejected list.
-
-    Raises:
-        DatasetError: naming the path (nothing has been written).
-    """
-    real = normalise(path).resolve()
-    for given in inputs:
-        source = normalise(given).resolve()
-        if real == source or source in real.parents:
-            raise DatasetError(f"--rejected {path}: is or lies inside the input {given}")
-    if not os.path.lexists(path):
-        return
+def _rejected_list(path: Path) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             first = handle.readline().strip()
     except (OSError, UnicodeDecodeError):
         first = None
-    if first not in _OUR_HEADERS:
-        raise DatasetError(
-            f"--rejected {path}: exists and is not a uslearn rejected list; choose another path"
-        )
+    return "" if first in _OUR_HEADERS else "exists and is not a uslearn rejected list"
+
+
+REJECTED_LIST = Output("a uslearn rejected list", False, _rejected_list)
+
+
+def check_rejected_path(
+    path: Path, inputs: Sequence[str | os.PathLike | None], flag: str = "--rejected"
+) -> None:
+    """Refuse a rejected-list path inside an input or holding a file that is not a rejected
+    list (an earlier rejected list is replaced: it describes the run that wrote it).
+
+    Raises:
+        DatasetError: naming the path (nothing has been written).
+    """
+    check_output(path, True, REJECTED_LIST, inputs, flag)
 
 
 def scrub(text: str, source: str) -> str:

@@ -1,10 +1,10 @@
 """Where a write may go, and who holds it: the target rules shared by every uslearn writer.
 
-``check_target`` refuses an output that would lose or mix a user's files (docs/DATA.md, "What
-an import guarantees"); ``target_lock`` makes one writer per target; the owner records and
+``check_output`` refuses an output that would lose or mix a user's files (docs/DATA.md, "What
+an import guarantees"): the one rule of every command that writes; ``target_lock`` makes one writer per target; the owner records and
 ``clean_leftovers`` tell the leftovers of a killed write from a live one's; ``rename_noreplace``
 puts a finished write in place without replacing what appeared meanwhile. The dataset writer
-(``uslearn.data.writer``), ``data split`` and ``uslearn train --out`` use them.
+(``uslearn.data.writer``), ``data split`` and ``uslearn train --out`` use the lock and cleanup.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from uslearn.data.dataset import META, PARTIAL_MARKER, DatasetError
@@ -48,27 +49,76 @@ def is_dataset_dir(path: Path) -> bool:
     return isinstance(meta, dict) and "format" in meta and "classes" in meta
 
 
-def check_target(
-    out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike] = (), flag: str = "--out"
+@dataclass(frozen=True)
+class Output:
+    """What a writer puts at its ``--out``, as ``check_output`` needs to know it.
+
+    Attributes:
+        name: the kind, in messages ("a uslearn dataset", "a predictions file").
+        folder: True for a folder, False for one file.
+        not_ours: given an existing target, "" when this writer wrote it (so ``--overwrite``
+            may replace it), else why not ("no meta.json of one").
+    """
+
+    name: str
+    folder: bool
+    not_ours: Callable[[Path], str]
+
+
+def _dataset_or_empty(path: Path) -> str:
+    if not any(path.iterdir()) or is_dataset_dir(path):
+        return ""
+    return "is not a uslearn dataset (no meta.json of one)"
+
+
+DATASET = Output("a uslearn dataset", True, _dataset_or_empty)
+
+# Every PNG a uslearn command writes says so in its Software text chunk: a figure may be
+# replaced, a user's image with the same name may not.
+PNG_SOFTWARE = "uslearn"
+
+
+def uslearn_png(path: Path) -> str:
+    """Return "" when ``path`` is a PNG that uslearn wrote (``PNG_SOFTWARE``), else why not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            ours = image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+    except (OSError, ValueError, SyntaxError):
+        ours = False
+    return "" if ours else "is not a PNG figure that uslearn wrote"
+
+
+FIGURE = Output("a uslearn PNG figure", False, uslearn_png)
+
+
+def check_output(
+    out: str | os.PathLike,
+    overwrite: bool,
+    kind: Output,
+    inputs: Sequence[str | os.PathLike | None] = (),
+    flag: str = "--out",
 ) -> None:
-    """Refuse a target that would lose or mix a user's files; return None when it is safe.
+    """Refuse an output that would lose or mix a user's files; return None when it is safe.
+
+    The one rule of every uslearn writer (dataset imports, ``predict``, ``curate``,
+    ``report``, ``train --out``, ``data gallery``): an output is never an input, inside one
+    or around one (symbolic links resolved), never the root, current or home folder, and an
+    existing one is replaced only with ``overwrite`` and only when it is ``kind``'s own.
 
     Raises:
-        DatasetError: one line naming the path and the rule (nothing has been touched).
+        DatasetError: one line naming the flag, the path and the rule (nothing was touched).
     """
     out = normalise(out)
     real = out.resolve()
     for given in inputs:
+        if not given:  # None or "": an input the command was not given
+            continue
         source = normalise(given).resolve()
-        if _inside(real, source):
-            where = "is" if real == source else "is inside"
-            raise DatasetError(
-                f"{flag} {out} {where} the input {given}; write the dataset outside the input"
-            )
-        if _inside(source, real):
-            raise DatasetError(
-                f"{flag} {out} contains the input {given}; write the dataset outside the input"
-            )
+        if _inside(real, source) or _inside(source, real):
+            where = "is" if real == source else "is inside" if _inside(real, source) else "contains"
+            raise DatasetError(f"{flag} {out} {where} the input {given}; write it elsewhere")
     protected = {Path("/"): "the root folder"}
     with contextlib.suppress(OSError):  # a deleted current folder
         protected[Path.cwd().resolve()] = "the current folder"
@@ -77,26 +127,33 @@ def check_target(
     for folder, name in protected.items():
         if _inside(folder, real):
             what = name if folder == real else f"a parent of {name}"
-            raise DatasetError(f"{flag} {out} is {what}; give a new folder for the dataset")
+            raise DatasetError(f"{flag} {out} is {what}; give a new path for {kind.name}")
     if not os.path.lexists(out):
         return
     if not overwrite:
         raise DatasetError(
-            f"{out}: already exists; choose another {flag} or pass --overwrite "
-            "(which replaces only a uslearn dataset)"
+            f"{flag} {out}: already exists; choose another path or pass --overwrite "
+            f"(which replaces only {kind.name})"
         )
     if out.is_symlink():
-        raise DatasetError(f"{out}: is a symbolic link; give the real path to replace it")
-    if not out.is_dir():
+        raise DatasetError(f"{flag} {out}: is a symbolic link; give the real path to replace it")
+    if out.is_dir() != kind.folder:
+        shape = "a folder" if out.is_dir() else "a file"
         raise DatasetError(
-            f"{out}: is a file, not a dataset; --overwrite replaces only a uslearn dataset"
+            f"{flag} {out}: is {shape}, not {kind.name}; --overwrite replaces only {kind.name}"
         )
-    if not any(out.iterdir()) or is_dataset_dir(out):
-        return
-    raise DatasetError(
-        f"{out}: is not a uslearn dataset (no meta.json of one); --overwrite replaces only a "
-        "dataset directory, nothing was touched"
-    )
+    why = kind.not_ours(out)
+    if why:
+        raise DatasetError(
+            f"{flag} {out}: {why}; uslearn replaces only {kind.name} there, nothing was touched"
+        )
+
+
+def check_target(
+    out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike] = (), flag: str = "--out"
+) -> None:
+    """``check_output`` for a dataset directory (the importers, the phantom, the writer)."""
+    check_output(out, overwrite, DATASET, inputs, flag)
 
 
 def _process_start(pid: int) -> str:

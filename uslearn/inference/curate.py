@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from uslearn.data.dataset import Dataset
+from uslearn.data.target import Output
 from uslearn.inference.package import ModelPackage
 from uslearn.inference.score import Scored
 
@@ -271,6 +272,18 @@ def label_studio_config(classes: tuple[str, ...]) -> str:
         f'  <Choices name="organs" toName="image" choice="multiple">{choices}\n  </Choices>\n'
         "</View>\n"
     )
+
+
+def _curate_folder(path: Path) -> str:
+    """Return "" when ``path`` is empty or an earlier curate's output, else why not."""
+    if not any(path.iterdir()) or {"index.html", "clusters.csv"} <= {
+        p.name for p in path.iterdir()
+    }:
+        return ""
+    return "is not an earlier curate output (no index.html and clusters.csv)"
+
+
+CURATE = Output("an earlier curate output", True, _curate_folder)
 
 
 def write_tables(curation: Curation, package: ModelPackage, data: Dataset, out: Path) -> list[Path]:

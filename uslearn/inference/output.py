@@ -10,6 +10,8 @@ import pandas as pd
 
 from uslearn import files
 from uslearn.data.dataset import CLASSES, Dataset
+from uslearn.data.rejected import check_rejected_path
+from uslearn.data.target import FIGURE, Output, check_output
 from uslearn.inference.package import ModelPackage
 from uslearn.inference.score import Scored
 
@@ -53,6 +55,38 @@ def rejected_path(out: Path) -> Path:
 def fig7_path(out: Path) -> Path:
     """Return ``<out stem>.fig7.png`` beside the predictions file."""
     return out.with_name(f"{out.stem}.fig7.png")
+
+
+def _predictions_file(path: Path) -> str:
+    """Return "" when ``path`` holds a predictions table (``prediction_frame``), else why not."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                names = handle.readline().strip().split(",")
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError, so is a bad UTF-8
+        names = []
+    ours = names[:1] == ["image"] and "labels" in names and any(n[:6] == "score_" for n in names)
+    return "" if ours else "is not a predictions file (columns image, score_<class>, ..., labels)"
+
+
+PREDICTIONS = Output("a predictions file", False, _predictions_file)
+
+
+def check_out(out: Path, overwrite: bool, inputs: list, figure: bool) -> None:
+    """Refuse an ``--out`` (or the rejected list and Fig. 7 beside it) that would land in an
+    input or replace a file of another kind (``check_output``); return None when safe.
+
+    Raises:
+        DatasetError: naming the path; nothing was written.
+    """
+    check_output(out, overwrite, PREDICTIONS, inputs)
+    check_rejected_path(rejected_path(out), inputs, "--out's rejected list")
+    if figure:
+        check_output(fig7_path(out), True, FIGURE, inputs, "--out's Fig. 7")
 
 
 class RowView:

@@ -212,6 +212,11 @@ class ModelPackage:
                 f"{root / PACKAGE_JSON}: format {info.get('format')}, expected {FORMAT}"
             )
         classes = tuple(info["classes"])
+        if not (root / WEIGHTS).is_file():
+            raise UserError(
+                f"model {path}: {root / WEIGHTS} (the model's weights) is missing; copy the "
+                "whole package again, or train it again"
+            )
         network, _ = load_network(root / WEIGHTS)
         if network.head_sizes != info["heads"]:
             raise UserError(

@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from uslearn import files, models
 from uslearn.errors import UserError
-from uslearn.log import get_logger, progress
+from uslearn.log import get_logger, progress, progress_enabled, under_ray
 from uslearn.strategies import checkpoint
 from uslearn.strategies.checkpoint import LoopState
 from uslearn.strategies.context import RunContext
@@ -37,6 +37,7 @@ log = get_logger(__name__)
 # Called at every evaluation on every rank as (metrics, checkpoint dir on rank 0, else None).
 OnEvaluation = Callable[[dict[str, float], "str | None"], None]
 LOG_EVERY = 10  # steps between host syncs: keeps `.item()` off the per-step path on a GPU
+PROGRESS_EVERY_S = 10.0  # seconds between the step/loss lines of a run without a progress bar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -211,6 +212,10 @@ def train(
     )
     if bar is not None:
         bar.update(state.step)
+    # Without a bar (a log file, no TTY) and outside Ray (Tune reports there): a line of
+    # step and loss at a steady cadence, between the evaluations' lines.
+    lines = ctx.is_main and not progress_enabled() and not under_ray()
+    last_line = time.perf_counter()
     pending: list[dict[str, torch.Tensor]] = []
     for batch in strategy.batches(state.step):
         if state.step >= strategy.total_steps:
@@ -219,10 +224,19 @@ def train(
         if bar is not None:
             bar.update(1)
         evaluate_now = state.step % strategy.eval_every == 0 or state.step == strategy.total_steps
-        if len(pending) < LOG_EVERY and not evaluate_now:
+        due = lines and time.perf_counter() - last_line >= PROGRESS_EVERY_S
+        if len(pending) < LOG_EVERY and not evaluate_now and not due:
             continue
         train_logs = _flush(pending, state.step, ctx)
         pending = []
+        if due:
+            last_line = time.perf_counter()
+            log.info(
+                "step %d/%d  loss %.4f",
+                state.step,
+                strategy.total_steps,
+                train_logs.get("train/loss", float("nan")),
+            )
         if evaluate_now and evaluate_and_checkpoint(training, strategy, ctx, train_logs, report):
             break
     if bar is not None:

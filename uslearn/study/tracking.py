@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from uslearn import __version__
 from uslearn.errors import UserError
 from uslearn.log import get_logger
+from uslearn.study import run_page
 
 log = get_logger(__name__)
 PARAM_BATCH = 100  # MLflow's limit on params per log_batch call
@@ -376,6 +377,8 @@ def tracked_run(
     if tracked is not None:
         tracked.log_metrics(final, final=True)
         tracked.log_artifacts(out_dir, data, model=tracked.keep_model)
+        if not tracked.backlog:  # the run's page needs the server now; a run it kept goes without
+            run_page.describe_run(tracked.delivery.mlc, tracked.run_id, out_dir, final)
         tracked.finish("FINISHED")
     return final
 

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from uslearn.errors import UserError
+from uslearn.errors import EnvError, UserError, is_environment_error
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -66,12 +66,13 @@ def _probe_sqlite(tracking_uri: str, timeout_s: float) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{where}: cannot create {path.parent} ({err.strerror})") from None
+        fault = EnvError if is_environment_error(err) else UserError  # permission, disk: exit 1
+        raise fault(f"{where}: cannot create {path.parent} ({err.strerror})") from None
     if path.exists() and not path.is_file():
         raise UserError(f"{where}: {path} is not a file")
     if not os.access(path.parent, os.W_OK):
         # sqlite writes its journal beside the database.
-        raise UserError(f"{where}: the folder {path.parent} is not writable")
+        raise EnvError(f"{where}: the folder {path.parent} is not writable")
     existed = path.exists()
     try:
         with sqlite3.connect(path, timeout=timeout_s) as db:
