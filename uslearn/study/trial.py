@@ -126,9 +126,10 @@ def run_logged(
         node_tags: tags naming the Ray node of every rank (see ``worker_node_tags``).
     """
     from uslearn.data.staging import staged_dataset
+    from uslearn.study.active import active_params, split_active
     from uslearn.study.tracking import TrackedRun, finished_metrics, run_params, tracked_run
 
-    flat = ctx.plan.trial_config(tune_config)
+    flat, active = split_active(ctx.plan.trial_config(tune_config))
     out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
     # Every rank asks MLflow (not rank 0's disk), so that all ranks take the same branch.
     done = finished_metrics(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
@@ -151,7 +152,8 @@ def run_logged(
             parent_id=ctx.parent_run_id,
             trial_id=trial_id,
         )
-        child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name))
+        extra = active_params(active) if active is not None else {}
+        child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name, **extra))
         child.set_tags({"out_dir": str(out_dir), **(node_tags or {})})
         if resume_dir is not None:
             # A retried trial (its process or node died) or a resumed study: say from where.
@@ -161,7 +163,12 @@ def run_logged(
         report(for_tune(metrics), pointer_checkpoint(checkpoint_dir) if checkpoint_dir else None)
 
     # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
-    final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
+    if active is not None:  # an active-learning trial: a sequence of rounds (study/rounds.py)
+        final = tracked_rounds(child, flat, active, data_path, out_dir, on_evaluation)
+    else:
+        final = tracked_run(
+            child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir)
+        )
     if child is not None:
         # A finished trial is never resumed, and its weights are now in MLflow (its model):
         # keep the small files only (a ResNet18 trial would otherwise leave ~270 MB here).
@@ -171,6 +178,24 @@ def run_logged(
     # The last report carries the test metrics, so Tune's results (and the end-of-study
     # summary) hold them too, not only MLflow.
     report(for_tune(final), None)
+    return final
+
+
+def tracked_rounds(child, flat, active, data_path, out_dir, report) -> dict[str, float]:
+    """Run an active-learning trial's rounds, logging to ``child``; end the run like
+    ``tracking.tracked_run`` does (FINISHED with the final metrics, FAILED, KILLED)."""
+    from uslearn.study.rounds import STATE, run_rounds
+
+    try:
+        final = run_rounds(child, flat, active, data_path, out_dir, report)
+    except BaseException as err:
+        if child is not None:
+            child.finish("KILLED" if isinstance(err, SystemExit) else "FAILED")
+        raise
+    if child is not None:
+        child.log_metrics(final, final=True)
+        child.mlc.log_artifact(child.run_id, str(out_dir / STATE))
+        child.finish("FINISHED")
     return final
 
 
