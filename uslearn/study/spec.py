@@ -187,7 +187,8 @@ class Plan:
             *self.overrides,
             *cell.overrides,
             *tune_config,
-            *self.spec.profile_fixed.get(self.profile.name, {}),
+            # The study's own length for this profile, unless the smoke test took it out.
+            *(k for k in self.spec.profile_fixed.get(self.profile.name, {}) if k in self.base),
         }
         if strategy is not None and strategy.unit not in given:
             config[strategy.unit] = self.lengths[strategy.unit]
