@@ -21,7 +21,12 @@ def hand_made_study(tmp_path) -> str:
     parent = tracking.start_parent(uri, exp, "active_learning", {}, {})
     for (function, seed), (start, end) in CURVES.items():
         run = tracking.TrackedRun(
-            uri, exp, f"{function} {seed}", {"study": "active_learning"}, parent, f"{function}{seed}"
+            uri,
+            exp,
+            f"{function} {seed}",
+            {"study": "active_learning"},
+            parent,
+            f"{function}{seed}",
         )
         run.log_params({"strategy": "supervised", "init": "random", "seed": seed})
         run.log_params({"acquisition": function})
