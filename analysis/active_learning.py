@@ -61,7 +61,9 @@ def curves(frame: pd.DataFrame, tracking_uri: str | None) -> pd.DataFrame:
             )
     if not rows:
         raise UserError(f"no run has a history of {CURVE}")
-    return pd.DataFrame(rows).sort_values(["run_id", "labels"]).reset_index(drop=True)
+    points = pd.DataFrame(rows).sort_values(["run_id", "labels"])
+    # One point per round: a value logged twice at one step (a retried request) counts once.
+    return points.drop_duplicates(["run_id", "labels"], keep="last").reset_index(drop=True)
 
 
 def common_grid(points: pd.DataFrame, n: int = GRID_POINTS) -> np.ndarray:
@@ -172,7 +174,9 @@ def curve_figure(on_grid: pd.DataFrame, points: pd.DataFrame, level: float = 0.9
     names = {name: ENTRIES[name].label for name in palette}
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     data = on_grid.assign(f1=on_grid["f1"] * 100, Function=on_grid["acquisition"].map(names))
-    styles = {"random": ":", "imagenet": "--", "clustering": "-"}
+    # Line style tells inits apart, as in Fig. 6; a single init is drawn solid.
+    several = data["init_kind"].nunique() > 1
+    styles = {"random": ":", "imagenet": "--", "clustering": "-"} if several else {}
     for init, part in data.groupby("init_kind"):
         sns.lineplot(
             data=part,

@@ -200,7 +200,7 @@ def run_rounds(
     report: Callable[[dict[str, float], str | None], None],
 ) -> dict[str, float]:
     """Run (or continue) every round of one active-learning trial; return the last round's
-    final metrics (``test/*`` and ``val/f1_weighted``) with the last round's ``al/*``.
+    final metrics (``test/*``, ``val/f1_weighted``) and ``rounds_done``.
 
     Args:
         tracked: the trial's ``tracking.TrackedRun`` (None: log nothing).
@@ -285,5 +285,5 @@ def run_rounds(
         if tracked is not None:
             tracked.log_metrics(metrics)
         report(metrics, None)
-    last = round_metrics(done[-1]) if done else {}
-    return {**final, **{k: v for k, v in last.items() if k.startswith("al/")}}
+    # The final metrics carry no al/* key: the final log would repeat the last round's point.
+    return {**final, "rounds_done": float(len(done))}
