@@ -74,6 +74,22 @@ def test_active_keys_split_off_and_are_validated():
         split_active({"acquisition": "random", "label_fraction": 0.5})
 
 
+def test_the_estimate_counts_every_round_and_fine_tunings_step_floor():
+    from uslearn.study.active import trial_images
+    from uslearn.study.resources import images_per_trial
+
+    counts = {"labelled": 600, "unlabelled": 2000, "val": 300, "test": 400}
+    config = {**TRAIN, "acquisition": "random", "rounds": 4, "budget": 4}
+    one = images_per_trial({**TRAIN, "label_fraction": 16 * 10 / 600}, counts, 10.0)
+    four = trial_images(config, counts, 10.0, images_per_trial)
+    assert four > one  # four trainings and four scorings of the pool, not one
+    longer = trial_images({**config, "min_steps": 300}, counts, 10.0, images_per_trial)
+    assert longer > four + 4 * 250 * 2 * 4  # ≥ 250 more steps of 2 exams x 4 frames per round
+    assert trial_images(TRAIN, counts, 10.0, images_per_trial) == images_per_trial(
+        TRAIN, counts, 10.0
+    )
+
+
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """Return (step, value) of every logged value of ``key``, by step."""
     logged = tracking.client(uri).get_metric_history(run_id, key)

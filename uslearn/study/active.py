@@ -91,17 +91,28 @@ def trial_images(
 
     ``images_per_trial`` is ``resources.images_per_trial`` (one training run at a label
     fraction); a round trains at the fraction its revealed labels make of the labelled split
-    and then scores the rest of the pool once.
+    (at least fine-tuning's ``min_steps`` under its step rule: a round's few labels make
+    short epochs) and then scores the whole pool once.
     """
+    from uslearn.strategies.registry import param_default
+
     train, active = split_active(config)
     if active is None:
         return images_per_trial(config, counts, per_exam)
+
+    def knob(name: str) -> Any:
+        return train.get(name, param_default(name))
+
     pool = max(counts.get("labelled", 0), 1)
     per_pick = per_exam if active.budget_unit == "exams" else 1.0
+    per_step = int(knob("batch_exams")) * min(per_exam, knob("max_images_per_exam") or per_exam)
+    floor = int(knob("min_steps")) if knob("early_stopping") == "steps" else 0
     total, labels = 0.0, 0.0
     for index in range(active.rounds):
         labels = min(pool, labels + active.round_budget(index) * per_pick)
         fraction = max(min(labels / pool, 1.0), 1e-6)
         total += images_per_trial({**train, "label_fraction": fraction}, counts, per_exam)
+        steps = math.ceil(labels / max(per_exam, 1e-9) / int(knob("batch_exams")))
+        total += max(0, floor - steps * int(knob("epochs"))) * per_step  # the step floor
         total += pool / 3  # scoring the pool (forward only, like evaluation)
     return math.ceil(total)
