@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, gallery, stats, tables, tsne
+from analysis import active_learning, figures, gallery, stats, tables, tsne
 from analysis.report_html import Report, Section, render_html
 from analysis.runs import load, parent_run
 from uslearn.errors import UserError
@@ -116,6 +116,10 @@ def build_report(
         ("Summary", lambda: _summary_section(scored, out, method, level)),
         ("Paired comparisons", lambda: _paired_section(scored, out, report.notes)),
         ("Sensitivity to λ: spread", lambda: _spread_section(scored, out, level, report.notes)),
+        (
+            "Label efficiency",
+            lambda: active_learning.sections(scored, out, tracking_uri, parent, log_to_mlflow),
+        ),
     ]
     for name, build in builders:
         try:
@@ -272,7 +276,13 @@ def _summary(frame: pd.DataFrame, method: str, level: float) -> pd.DataFrame:
         "strategy",
         *[
             c
-            for c in ("init_kind", "label_fraction", "early_stopping", *hyperparameters())
+            for c in (
+                "acquisition",
+                "init_kind",
+                "label_fraction",
+                "early_stopping",
+                *hyperparameters(),
+            )
             if c in frame and frame[c].nunique() > 1
         ],
     ]

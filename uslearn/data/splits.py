@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -135,6 +136,38 @@ def labelled_rows(dataset: Dataset, split: str) -> np.ndarray:
     """Return the rows of ``split`` that carry labels (no -1), in manifest order."""
     rows = dataset.indices(split)
     return rows[(dataset.labels[rows] >= 0).all(axis=1)]
+
+
+def labelled_from_ids(dataset: Dataset, path: str | os.PathLike) -> np.ndarray:
+    """Return the sorted labelled-split rows whose ``image_id`` is listed in file ``path``.
+
+    The file holds one image id a line (blank lines ignored): the images an active-learning
+    round revealed. Every id must be a labelled image of the labelled split.
+
+    Raises:
+        DatasetError: unreadable file, an empty list, or an id (named with its line) that is
+            not a labelled image of the labelled split.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read the list of labelled image ids ({err})") from None
+    rows = labelled_rows(dataset, "labelled")
+    position = dict(zip(dataset.manifest["image_id"].to_numpy()[rows], rows))
+    chosen = []
+    for number, line in enumerate(lines, start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if image_id not in position:
+            raise DatasetError(
+                f"{path}:{number}: image id {image_id!r} is not a labelled image of the "
+                f"labelled split of {dataset.root}"
+            )
+        chosen.append(position[image_id])
+    if not chosen:
+        raise DatasetError(f"{path}: no image ids listed; expected one labelled image id a line")
+    return np.unique(np.asarray(chosen, dtype=np.int64))
 
 
 def labelled_subset(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:

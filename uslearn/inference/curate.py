@@ -18,7 +18,8 @@ probabilities p and 512-d backbone features f of every image) this computes:
   uncertain *or* the farthest from every centre. The list then takes the clusters in turn
   (largest first), each turn the cluster's highest-priority image from an exam not yet in the
   list; when a cluster has no such image left it may repeat an exam. So the first K entries
-  cover K clusters and the list spreads over exams.
+  cover K clusters and the list spreads over exams. The ranking's parts live in
+  ``uslearn.acquisition.spread``, shared with the ``cluster`` acquisition function.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from uslearn.acquisition.spread import nearest_centre_distance, percentile, spread_ranking
 from uslearn.data.dataset import Dataset
 from uslearn.data.target import Output
 from uslearn.inference.package import ModelPackage
@@ -66,25 +68,6 @@ class Curation:
         return int((self.clusters["size"] > 0).sum())
 
 
-def nearest_centre_distance(features: np.ndarray, cluster: np.ndarray) -> np.ndarray:
-    """Return each image's cosine distance to the nearest centre of a non-empty cluster.
-
-    Centres are the re-normalised means of the L2-normalised features of each cluster's images.
-    """
-    feats = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    present = np.unique(cluster)
-    centres = np.stack([feats[cluster == k].mean(axis=0) for k in present])  # (K', D)
-    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-    return 1.0 - (feats @ centres.T).max(axis=1)
-
-
-def percentile(values: np.ndarray) -> np.ndarray:
-    """Return each value's rank among ``values`` scaled to [0, 1] (ties share the mean rank)."""
-    if len(values) < 2:
-        return np.ones(len(values))
-    return (pd.Series(values).rank(method="average").to_numpy() - 1) / (len(values) - 1)
-
-
 def exclusive_other(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
     """Return a copy of the (N, C) 0/1 ``labels`` with ``other`` off wherever an organ is on.
 
@@ -98,31 +81,6 @@ def exclusive_other(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
         organ = np.delete(labels, i, axis=1).any(axis=1)
         labels[organ, i] = 0
     return labels
-
-
-def spread_ranking(
-    priority: np.ndarray, cluster: np.ndarray, exam: np.ndarray, limit: int
-) -> list[int]:
-    """Return up to ``limit`` candidate positions: clusters in turn, new exams first.
-
-    Clusters take turns largest first; each turn picks that cluster's highest-priority image
-    whose exam is not in the list yet, else its highest-priority image left.
-    """
-    order = {}
-    for k in pd.Series(cluster).value_counts(sort=True).index:  # largest cluster first
-        members = np.flatnonzero(cluster == k)
-        order[int(k)] = list(members[np.argsort(-priority[members], kind="stable")])
-    picked: list[int] = []
-    used_exams: set = set()
-    while len(picked) < limit and any(order.values()):
-        for queue in order.values():
-            if not queue or len(picked) >= limit:
-                continue
-            fresh = next((j for j, i in enumerate(queue) if exam[i] not in used_exams), 0)
-            i = queue.pop(fresh)
-            picked.append(int(i))
-            used_exams.add(exam[i])
-    return picked
 
 
 def curate(

@@ -20,7 +20,7 @@ from uslearn import augment, files, metrics
 from uslearn.data.dataset import CLASSES, Dataset
 from uslearn.data.loader import load_batch
 from uslearn.data.sampler import ExamBatchSampler
-from uslearn.data.splits import labelled_rows, labelled_subset
+from uslearn.data.splits import labelled_from_ids, labelled_rows, labelled_subset
 from uslearn.errors import UserError
 from uslearn.strategies import evaluation
 from uslearn.strategies.config import ClusteringConfig, TrainConfig
@@ -38,14 +38,23 @@ class Rows:
     test: np.ndarray
 
     @classmethod
-    def of(cls, data: Dataset, label_fraction: float, seed: int) -> Rows:
-        """Return the rows of every role; raise UserError if validation or test is empty."""
+    def of(cls, data: Dataset, label_fraction: float, seed: int, labelled_ids: str = "") -> Rows:
+        """Return the rows of every role; raise UserError if validation or test is empty.
+
+        ``labelled_ids`` (a file of image ids, ``TrainConfig.labelled_ids``) replaces the label
+        fraction: the labelled split's other images join the unlabelled pool, labels unread.
+        """
         # Unlabelled frames of labelled patients stay in their patient's split with labels -1
         # (docs/DATA.md): they join the unlabelled pool of that split's role, never evaluation.
         labelled_split = data.indices("labelled")
         unlabelled_frames = labelled_split[(data.labels[labelled_split] < 0).any(axis=1)]
+        if labelled_ids:
+            labelled = labelled_from_ids(data, labelled_ids)
+            unlabelled_frames = np.setdiff1d(labelled_split, labelled)
+        else:
+            labelled = labelled_subset(data, label_fraction, seed)
         rows = cls(
-            labelled=np.sort(labelled_subset(data, label_fraction, seed)),
+            labelled=np.sort(labelled),
             unlabelled=np.sort(np.concatenate([data.indices("unlabelled"), unlabelled_frames])),
             val=labelled_rows(data, "val"),
             test=labelled_rows(data, "test"),
@@ -222,7 +231,7 @@ class TwoViewClustering(ClusterScoring):
 
     def __init__(self, cfg: TrainConfig, own: ClusteringConfig, data: Dataset, ctx: RunContext):
         self.cfg, self.own, self.data, self.ctx = cfg, own, data, ctx
-        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
+        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed, cfg.labelled_ids)
         train_rows = self.rows.unlabelled if len(self.rows.unlabelled) else self.rows.labelled
         self.sampler = exam_sampler(data, train_rows, cfg.batch_exams, ctx)
         self.combinations = metrics.label_combinations(

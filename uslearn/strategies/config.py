@@ -43,6 +43,9 @@ class TrainConfig:
             epoch for clustering and for fine-tuning under the paper's epoch rule,
             ``SupervisedConfig.eval_steps`` under the step rule, ``FixMatchConfig.eval_steps``).
         label_fraction: share of labelled exams used (nested by seed: 0.1 ⊂ 0.2 ⊂ ...).
+        labelled_ids: a file of image ids (one a line): the labelled images the run may use,
+            the rest of the labelled split joining the unlabelled pool with its labels unread
+            ("" = the label fraction's images; an active-learning round's revealed images).
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         compile: wrap the model in ``torch.compile``.
@@ -59,6 +62,7 @@ class TrainConfig:
     max_images_per_exam: int = 16
     eval_every: int = 0
     label_fraction: float = 1.0
+    labelled_ids: str = ""
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
@@ -67,6 +71,11 @@ class TrainConfig:
     def __post_init__(self):
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"label_fraction={self.label_fraction}: expected 0 < f <= 1")
+        if self.labelled_ids and self.label_fraction != 1.0:
+            raise ConfigError(
+                f"labelled_ids={self.labelled_ids!r} with label_fraction={self.label_fraction}: "
+                "the file names the labelled images; leave label_fraction at 1"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr}: expected > 0")
         if not 16 <= self.image_size <= 1024:

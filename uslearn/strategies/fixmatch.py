@@ -46,7 +46,7 @@ class FixMatchStrategy(MultilabelScoring):
         self.cfg, self.own, self.data, self.ctx = cfg, own, data, ctx
         self.two_head = cfg.strategy == "fixmatch_two"
         self.ema_decay = own.ema_decay
-        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
+        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed, cfg.labelled_ids)
         self.labelled_sampler = exam_sampler(data, self.rows.labelled, cfg.batch_exams, ctx)
         self.unlabelled_sampler = exam_sampler(
             data, self.rows.unlabelled, own.unlabelled_batch_exams(cfg.batch_exams), ctx

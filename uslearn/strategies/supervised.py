@@ -33,7 +33,7 @@ class SupervisedStrategy(MultilabelScoring):
 
     def __init__(self, cfg: TrainConfig, own: SupervisedConfig, data: Dataset, ctx: RunContext):
         self.cfg, self.data, self.ctx = cfg, data, ctx
-        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed)
+        self.rows = Rows.of(data, cfg.label_fraction, cfg.seed, cfg.labelled_ids)
         self.sampler = exam_sampler(data, self.rows.labelled, cfg.batch_exams, ctx)
         self.heads = {"multilabel": len(CLASSES)}
         self.steps_per_epoch = len(self.sampler)

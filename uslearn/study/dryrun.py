@@ -14,6 +14,7 @@ import pandas as pd
 
 from uslearn.strategies.registry import ENTRIES
 from uslearn.study import storage
+from uslearn.study.active import split_active, trial_images
 from uslearn.study.resources import (
     STARTUP_S,
     concurrency,
@@ -53,7 +54,11 @@ def trial_table(plan: Plan) -> pd.DataFrame:
 def _length(config: Mapping[str, Any]) -> str:
     """Return a trial's run length with its unit, e.g. ``3 epochs``."""
     strategy = ENTRIES.get(config.get("strategy"))
-    return f"{strategy.length(config)} {strategy.unit}" if strategy else "?"
+    if strategy is None:
+        return "?"
+    _, active = split_active(config)
+    rounds = f" x {active.rounds} rounds" if active else ""
+    return f"{strategy.length(config)} {strategy.unit}{rounds}"
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -76,7 +81,8 @@ def estimate(
         configs = [plan.trial_config({})] * plan.num_trials()
     else:
         configs = [config for _, _, config in plan.grid_trials()]
-    images = [images_per_trial(c, counts, per_exam) for c in configs]
+    # An active-learning trial trains once per round, on more labels each time (active.py).
+    images = [trial_images(c, counts, per_exam, images_per_trial) for c in configs]
     startup = STARTUP_S[res.mode]
     seconds = estimate_seconds(images, ips, parallel, startup)
     why = (

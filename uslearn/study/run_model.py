@@ -50,6 +50,10 @@ def send_run_files(tracking_uri: str):
 
     def send(run_id: str, entry) -> None:
         mlc = client(tracking_uri)
+        if "files" in entry:  # named files only (``TrackedRun.log_files``)
+            for path in entry["files"]:
+                mlc.log_artifact(run_id, path)
+            return
         out_dir = Path(entry["out_dir"])
         for name in RUN_FILES:
             if name not in IN_MODEL and (out_dir / name).is_file():

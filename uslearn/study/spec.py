@@ -111,6 +111,9 @@ class StudySpec:
             ``all`` or ``none``. The others keep metrics, params and small artifacts, and
             their ``best.pt`` in their output folder.
         notes: lines printed before the study starts (e.g. an arm that was skipped).
+        profile_fixed: profile name -> config values of this study under that profile, above
+            the profile's own overrides and length (an active-learning study's rounds and
+            budgets scale with the profile).
     """
 
     name: str
@@ -126,6 +129,7 @@ class StudySpec:
     max_failures: int = 2
     log_models: str = "best"
     notes: tuple[str, ...] = ()
+    profile_fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -193,7 +197,13 @@ class Plan:
         config = {**self.base, **cell.overrides, **tune_config}
         strategy = ENTRIES.get(config.get("strategy"))  # an unknown one fails in ``validate``
         # The profile's length ranks above spec.fixed and below the command line and the cell.
-        given = {*self.overrides, *cell.overrides, *tune_config}
+        given = {
+            *self.overrides,
+            *cell.overrides,
+            *tune_config,
+            # The study's own length for this profile, unless the smoke test took it out.
+            *(k for k in self.spec.profile_fixed.get(self.profile.name, {}) if k in self.base),
+        }
         if strategy is not None and strategy.unit not in given:
             config[strategy.unit] = self.lengths[strategy.unit]
         return config
@@ -246,8 +256,8 @@ def make_plan(
 ) -> Plan:
     """Return the plan of ``spec`` under ``profile`` (not yet validated: see ``validate``).
 
-    Precedence, lowest first: ``spec.fixed``, the profile's overrides and run length,
-    ``overrides`` (command line), then each cell's values and the seed. ``device`` and
+    Precedence, lowest first: ``spec.fixed``, the profile's overrides and run length, the
+    study's ``profile_fixed`` values of that profile, ``overrides`` (command line), then each cell's values and the seed. ``device`` and
     ``workers`` follow the trial resources. So an override of a key that the grid, the
     search or an arm sets (or of ``seed``, ``device``, ``workers``) would be ignored: it is
     refused instead.
@@ -267,7 +277,7 @@ def make_plan(
     overrides = dict(overrides or {})
     for key, value in overrides.items():
         _refuse_overridden(spec, key, value)
-    base = {**spec.fixed, **prof.overrides, **overrides}
+    base = {**spec.fixed, **prof.overrides, **spec.profile_fixed.get(profile, {}), **overrides}
     if spec.search is not None:
         base["seed"] = seeds[0]  # a search compares configurations, not seeds
         seeds = seeds[:1]
@@ -344,12 +354,15 @@ def validate(plan: Plan) -> None:
         ConfigError: naming the study, the cell and the key or value that was rejected.
     """
     from uslearn.strategies.registry import parse_config
+    from uslearn.study.active import split_active
 
     def check(where: str, config: Mapping[str, Any]) -> None:
         if "strategy" not in config:
             raise ConfigError(f"{where}: no strategy given (set it in fixed or in the arms)")
         try:
-            parse_config(config)
+            # An active-learning trial's own knobs (study/active.py) ride beside the training
+            # config that each of its rounds runs.
+            parse_config(split_active(config)[0])
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
 

@@ -307,6 +307,11 @@ class TrackedRun:
             model=model,
         )
 
+    def log_files(self, folder: str | Path, *names: str) -> None:
+        """Upload the files ``names`` of ``folder`` as run artifacts (through the journal)."""
+        paths = [str((Path(folder) / name).resolve()) for name in names]
+        self.delivery.write("artifacts", files=paths)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the run (one request)."""
         self.delivery.write("batch", tags=[[k, str(v)] for k, v in tags.items()])

@@ -127,9 +127,10 @@ def run_logged(
     """
     from uslearn.data.staging import staged_dataset
     from uslearn.study import kept_models
+    from uslearn.study.active import active_params, split_active
     from uslearn.study.tracking import TrackedRun, run_params, tracked_run
 
-    flat = ctx.plan.trial_config(tune_config)
+    flat, active = split_active(ctx.plan.trial_config(tune_config))
     out_dir = Path(ctx.out_root) / trial_name(ctx.plan, tune_config, trial_id)
     # The trial's journal (its folder, on the study's storage) says whether it already
     # finished: a driver killed between a trial's end and Tune's next snapshot leaves it
@@ -165,13 +166,20 @@ def run_logged(
         if resume_dir is not None:
             # A retried trial (its process or node died) or a resumed study: say from where.
             run_tags["resumed_from"] = str(follow_pointer(resume_dir))
-        child.log_params(run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name), run_tags)
+        extra = active_params(active) if active is not None else {}
+        params = run_params(flat, ctx.fingerprint, profile=ctx.plan.profile.name, **extra)
+        child.log_params(params, run_tags)
 
     def on_evaluation(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         report(for_tune(metrics), pointer_checkpoint(checkpoint_dir) if checkpoint_dir else None)
 
     # MLflow gets the final metrics before the report below: a scheduler may stop the trial there.
-    final = tracked_run(child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir))
+    if active is not None:  # an active-learning trial: a sequence of rounds (study/rounds.py)
+        final = tracked_rounds(child, flat, active, data_path, out_dir, on_evaluation)
+    else:
+        final = tracked_run(
+            child, flat, data_path, out_dir, on_evaluation, follow_pointer(resume_dir)
+        )
     kept = 0
     if child is not None:
         kept = child.backlog
@@ -222,6 +230,24 @@ def _agreed(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def tracked_rounds(child, flat, active, data_path, out_dir, report) -> dict[str, float]:
+    """Run an active-learning trial's rounds, logging to ``child``; end the run like
+    ``tracking.tracked_run`` does (FINISHED with the final metrics, FAILED, KILLED)."""
+    from uslearn.study.rounds import STATE, run_rounds
+
+    try:
+        final = run_rounds(child, flat, active, data_path, out_dir, report)
+    except BaseException as err:
+        if child is not None:
+            child.finish("KILLED" if isinstance(err, SystemExit) else "FAILED")
+        raise
+    if child is not None:
+        child.log_metrics(final, final=True)
+        child.log_files(out_dir, STATE)
+        child.finish("FINISHED")
+    return final
 
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
