@@ -100,6 +100,9 @@ def test_links_open_the_runs_table():
     assert tracking_uri.ui_hint("http://h:5000", "7") == f"open {url.replace('127.0.0.1', 'h')}"
     local = tracking_uri.ui_hint("sqlite:////x/mlflow.db", "3")
     assert "mlflow ui --backend-store-uri sqlite:////x/mlflow.db" in local
+    # The mlflow beside this Python: the line works without activating the environment.
+    command = Path(local.split()[0])
+    assert command.name == "mlflow" and (command.is_file() or str(command) == "mlflow")
     assert "#/experiments/3/runs?workflowType=machine_learning" in local
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -107,4 +108,16 @@ def ui_hint(tracking_uri: str, experiment_id: str | None = None) -> str:
     url = runs_table_url(base, experiment_id) if experiment_id is not None else base
     if server:
         return f"open {url}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then open {url}"
+    return f"{mlflow_command()} ui --backend-store-uri {tracking_uri} --port 5000, then open {url}"
+
+
+def mlflow_command() -> str:
+    """Return how to call the ``mlflow`` beside this Python (``.venv/bin/mlflow`` after ``make
+    demo``), so the printed line works without activating the environment."""
+    beside = Path(sys.executable).parent / "mlflow"
+    if not beside.is_file():
+        return "mlflow"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
