@@ -111,14 +111,14 @@ def test_rounds_resume_after_a_kill_from_the_last_finished_round_and_log_each_on
         if metrics["al/round"] == 1:
             raise KeyboardInterrupt  # the process dies here, after round 1 was logged
 
-    first = tracking.TrackedRun(uri, exp, "t", {}, parent_id=parent, trial_id="t1")
+    first = tracking.TrackedRun(uri, exp, "t", {}, parent_id=parent, trial_id="t1", run_dir=out)
     with pytest.raises(KeyboardInterrupt):
         run_rounds(first, TRAIN, active, tiny_phantom, out, killed_after_round_1)
     state = json.loads((out / STATE).read_text())["rounds"]
     assert [r["round"] for r in state] == [0, 1]
     round0_mtime = (out / "round_00" / "metrics.json").stat().st_mtime_ns
 
-    again = tracking.TrackedRun(uri, exp, "t", {}, parent_id=parent, trial_id="t1")
+    again = tracking.TrackedRun(uri, exp, "t", {}, parent_id=parent, trial_id="t1", run_dir=out)
     assert again.run_id == first.run_id
     final = run_rounds(again, TRAIN, active, tiny_phantom, out, lambda m, c: seen.append(m))
     assert [m["al/round"] for m in seen] == [0, 1, 2]  # round 2 only, after the resume
