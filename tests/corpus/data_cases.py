@@ -174,7 +174,7 @@ def _(w):
 def _(w):
     w.export()
     argv = import_argv(w, "--rejected", str(w.root / "labels.csv"))
-    return Case(argv, 2, r"--rejected .*labels.csv.*inside the input", "error", inputs(w))
+    return Case(argv, 2, r"--rejected .*labels.csv.*(is|inside) the input", "error", inputs(w))
 
 
 @case("--rejected is an unrelated file")
