@@ -114,6 +114,7 @@ def test_a_trial_without_a_model_is_registered_from_its_folder_while_it_exists(
     # Registering it again makes a new version of the same logged model, not a second model.
     assert main([*register, "--run", kept]) == 0
     assert study.models()[kept] == 1
+    capsys.readouterr()  # the second registration's lines
     folder = tmp_path / "outputs" / gone
     shutil.rmtree(folder)
     assert main([*register, "--run", gone]) == 2

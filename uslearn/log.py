@@ -19,11 +19,24 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith(_ROOT) else f"{_ROOT}.{name}")
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record comes (a command run
+    in-process under a test's capture, or a replaced stderr, never holds a closed stream)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure(verbosity: int = 0) -> None:
     """Send ``uslearn`` log records to stderr at INFO (verbosity 0) or DEBUG (>= 1)."""
     logger = logging.getLogger(_ROOT)
     if not any(getattr(h, "_uslearn", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
