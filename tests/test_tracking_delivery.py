@@ -6,6 +6,7 @@ started by cluster/head_services.sh, killed and started again while a run logs t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -217,7 +218,7 @@ def test_a_run_survives_its_server_killed_and_restarted_and_logs_every_step_once
     tiny_phantom, tmp_path
 ):
     """``uslearn train --mlflow`` while its server is killed (SIGKILL) after step 2 and started
-    again later: the run goes on, ends FINISHED, and MLflow holds every evaluation once."""
+    again later: the run goes on, ends FINISHED, and MLflow holds every evaluation once (and the kept model's score once, after them)."""
     port = closed_port()
     uri = f"http://127.0.0.1:{port}"
     _start_server(tmp_path, port)
@@ -260,11 +261,22 @@ def test_a_run_survives_its_server_killed_and_restarted_and_logs_every_step_once
         mlc = tracking.client(uri)
         run = mlc.get_run(Journal(run_dir).run_id)
         history = mlc.get_metric_history(run.info.run_id, "val/f1_weighted")
-        steps = [m.step for m in history]
-        evaluated = [
-            int(h["step"]) for h in __import__("json").loads((run_dir / "history.json").read_text())
-        ]
-        assert steps == sorted(set(steps)) == evaluated
+        evaluated = [int(h["step"]) for h in json.loads((run_dir / "history.json").read_text())]
+        # The kept model's score follows the evaluations, at the last one's step, so that it is
+        # the run's value of val/f1_weighted (what the UI shows and a search sorts by).
+        (final_ts,) = {
+            ts
+            for entry in Journal(run_dir).entries
+            if entry.get("final")
+            for key, _, ts, _ in entry["metrics"]
+            if key == "val/f1_weighted"
+        }
+        steps = [m.step for m in history if m.timestamp != final_ts]
+        finals = [m for m in history if m.timestamp == final_ts]
+        assert sorted(steps) == sorted(set(steps)) == evaluated
+        kept = json.loads((run_dir / "metrics.json").read_text())["val/f1_weighted"]
+        assert [(m.step, m.value) for m in finals] == [(evaluated[-1], pytest.approx(kept))]
+        assert run.data.metrics["val/f1_weighted"] == pytest.approx(kept)
         assert run.info.status == "FINISHED"
         assert "test/f1_weighted" in run.data.metrics
     finally:
