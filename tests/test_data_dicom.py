@@ -194,6 +194,27 @@ def test_non_dicom_files_are_listed_but_do_not_stop_the_import(tmp_path):
     assert report["rejected"] == {"not_dicom": 1} and report["files_found"] == 2
 
 
+@pytest.mark.parametrize("implicit_vr", [True, False])
+def test_a_legacy_file_without_preamble_or_file_meta_is_read(tmp_path, implicit_vr):
+    """Files written before DICOM Part 10 (no preamble, no 'DICM', no file meta) are imported
+    like any other, in either VR encoding; a text file next to them stays not_dicom."""
+    pixels = np.zeros((24, 24), np.uint8)
+    pixels[:, 12:] = 200
+    ds = dicom(pixels)
+    del ds.file_meta
+    path = tmp_path / "in" / "LEGACY"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, implicit_vr=implicit_vr, little_endian=True, enforce_file_format=False)
+    assert path.read_bytes()[128:132] != b"DICM"
+    (tmp_path / "in" / "notes").write_text("not an image")
+    imported = run(tmp_path / "in", tmp_path / "ds", crop="none")
+    assert len(imported) == 1
+    stored = np.asarray(imported.images[0], dtype=int)
+    assert stored[:, :12].max() <= 5 and stored[:, 20:].min() >= 195  # resized to 32 px
+    report = json.loads((imported.root / "import_report.json").read_text())
+    assert report["rejected"] == {"not_dicom": 1}
+
+
 def test_no_name_birth_date_accession_or_raw_id_is_stored(tmp_path):
     study = generate_uid()
     for i in range(2):

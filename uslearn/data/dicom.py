@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from uslearn.data.dataset import CLASSES, DatasetError
 from uslearn.data.images import (
@@ -72,10 +73,47 @@ def missing_decoder_hint(transfer_syntax: pydicom.uid.UID) -> str | None:
     )
 
 
+# What every image object holds: a file read with force=True that has neither is not DICOM.
+_IMAGE_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+
+
+def read_dicom(path: str, **kwargs) -> pydicom.Dataset:
+    """Return the dataset of a DICOM file, legacy files included.
+
+    A file written before Part 10 (no 128-byte preamble, no "DICM", no file meta) is read as
+    pydicom can with ``force=True``, and its transfer syntax is set from the encoding pydicom
+    found (implicit or explicit VR, little or big endian), so that its pixels decode.
+
+    Raises:
+        InvalidDicomError: the file is not DICOM, with or without a preamble.
+    """
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError as err:
+        preamble_error = err
+    try:
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+        legacy = any(key in ds for key in _IMAGE_IDENTIFIERS)
+    except Exception:  # noqa: BLE001 - force=True on a file of another kind fails anyhow
+        legacy = False
+    if not legacy:
+        raise InvalidDicomError(
+            f"{preamble_error}; read without a preamble, it holds no DICOM image identifiers"
+        )
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit_vr, little_endian = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit_vr
+            else (ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian)
+        )
+    return ds
+
+
 def scan_file(path: str, salt: str) -> dict:
     """Return the pseudonymised header facts of one file, or {"reason", "detail"} if unusable."""
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)
+        ds = read_dicom(path, defer_size=1024)
     except InvalidDicomError as err:
         return {"reason": "not_dicom", "detail": str(err)}
     except Exception as err:  # noqa: BLE001 - any parse failure is an unreadable file
@@ -150,7 +188,7 @@ def decode_file(task: tuple[str, tuple[int, ...]], options: Preprocess) -> list[
     """Return one outcome per requested frame of a DICOM file."""
     path, frames = task
     try:
-        ds = pydicom.dcmread(path)
+        ds = read_dicom(path)
         box = ultrasound_region(ds) if options.crop != "none" else None
         decoded = iter_pixels(ds, indices=list(frames))
         outcomes = []

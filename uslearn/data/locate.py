@@ -46,12 +46,12 @@ def read_ids(ids: Sequence[str], rejected: Path | None = None) -> list[str]:
 
 def _dicom_ids(task: tuple[str, str], salt: str) -> list[str]:
     """Return the image pseudonyms an import gives a file: by SOPInstanceUID and by path."""
-    import pydicom
+    from uslearn.data.dicom import read_dicom
 
     path, rel = task
     ids = [pseudonym("image", f"file:{rel}", salt)]
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        ds = read_dicom(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         sop = str(ds.get("SOPInstanceUID", "")).strip()
     except Exception:  # noqa: BLE001 - any unreadable file is found by its path pseudonym
         sop = ""
