@@ -43,6 +43,8 @@ def trained(tiny_phantom, tmp_path_factory):
     for strategy in ("supervised", "lsd"):
         out = root / strategy
         args = ["train", "--data", str(tiny_phantom), "--strategy", strategy, "--epochs", "1"]
+        if strategy == "supervised":  # fine-tuning lasts 300 steps by default
+            args += ["--min-steps", "4"]
         assert main([*args, "--out", str(out), "--mlflow", uri, *TINY]) == 0
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name("uslearn-train").experiment_id

@@ -27,6 +27,7 @@ def trained(tiny_phantom, tmp_path_factory) -> Path:
     """Return the output folder of a finished 1-epoch supervised run (a model package)."""
     out = tmp_path_factory.mktemp("trained") / "run"
     args = ["train", "--data", str(tiny_phantom), "--strategy", "supervised", "--epochs", "1"]
+    args += ["--min-steps", "4"]  # the fine-tuning default is 300 steps: the model is not the point
     assert main([*args, "--out", str(out), *TINY]) == 0
     assert (out / "best.pt").is_file() and (out / "package.json").is_file()
     return out

@@ -55,6 +55,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def dump_dom(browser: str, url: str, tmp_path: Path) -> str:
+    """Return the DOM headless Chromium renders for ``url``."""
+    return subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+
+
+def trial_run(state: Path, experiment_id: str):
+    """Return the study's one trial run (the child of its parent run)."""
+    from mlflow.tracking import MlflowClient
+
+    (run,) = MlflowClient(f"sqlite:///{state / 'mlflow.db'}").search_runs(
+        [experiment_id], filter_string="tags.trial_id != ''"
+    )
+    return run
+
+
 @pytest.fixture
 def finished_study(tmp_path, tiny_phantom):
     """Run a 1-trial study into ``<tmp>/mlflow/mlflow.db``; return (state dir, experiment id)."""
@@ -95,21 +115,24 @@ def test_the_printed_link_opens_the_runs_table_listing_the_study(finished_study,
     start += ["--state", str(state), "--artifacts", str(state / "mlartifacts")]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=240)
     try:
-        url = runs_table_url(f"http://127.0.0.1:{port}", experiment_id)
-        dom = subprocess.run(
-            [
-                browser,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={tmp_path / 'chromium'}",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        ).stdout
+        base = f"http://127.0.0.1:{port}"
+        dom = dump_dom(browser, runs_table_url(base, experiment_id), tmp_path)
+        trial = trial_run(state, experiment_id)
+        run_url = f"{base}/#/experiments/{experiment_id}/runs/{trial.info.run_id}"
+        run_dom = dump_dom(browser, run_url, tmp_path)
+        subprocess.run(
+            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+             f"--screenshot={tmp_path / 'run_page.png'}", run_url],
+            capture_output=True, timeout=180,
+        )  # fmt: skip
     finally:
         subprocess.run([services, "mlflow-stop", "--state", str(state)], env=env, timeout=60)
+    # The trial's own page opens on its description: the test F1 first, then where the
+    # learning curves are, and the curves figure is among its artifacts.
+    f1 = trial.data.metrics["test/f1_weighted"]
+    assert f"test F1 (weighted): {f1:.4f}" in run_dom, run_dom[-2000:]
+    assert "learning_curves.png" in run_dom, run_dom[-2000:]
+    assert (tmp_path / "run_page.png").stat().st_size > 20_000  # a rendered page, not a blank one
     # The runs table, not the GenAI overview (which has no "matching runs" footer): the
     # study's parent run and its trial nested under it (collapsed): two runs in all.
     matching = re.search(r"<strong>(\d+)</strong>\s*matching runs", dom)

@@ -49,6 +49,7 @@ def test_train_without_a_bar_prints_step_and_loss_at_a_steady_cadence(
     monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # every step: the cadence, made testable
     monkeypatch.setenv("USLEARN_PROGRESS", "0")
     args = ["train", "--data", str(tiny_phantom), "--strategy", "supervised", "--epochs", "1"]
+    args += ["--min-steps", "12"]  # a line per step: a dozen show the cadence (default 300)
     with caplog.at_level(logging.INFO, logger="uslearn"):
         assert main([*args, "--eval-every", "100", "--out", str(tmp_path / "run"), *TINY]) == 0
     lines = re.findall(r"step (\d+)/(\d+)  loss (\d+\.\d+)", caplog.text)
