@@ -166,7 +166,11 @@ def build_tuner(plan: Plan, ctx: TrialContext, inv: Invocation, parallel: int):
         tune_config = tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
-            max_concurrent_trials=parallel,
+            # Only --max-concurrent caps a grid: Tune runs what the cluster fits as it grows, and
+            # the trials waiting for resources are what an autoscaler starts nodes for. A cap
+            # from the resources at the start held a cluster whose nodes were still joining
+            # (or GPU nodes autoscaling from 0) at that width, down to one trial at a time.
+            max_concurrent_trials=inv.max_concurrent,
             # Trials share resources, so a finished trial's process takes the next one: torch,
             # the strategies and MLflow are imported once per process, not once per trial.
             reuse_actors=True,
@@ -301,11 +305,17 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         train_storage=str(inv.exp_dir / "train"),
         tags=tags,
     )
+    if plan.is_search:
+        at_once = f"at most {parallel} at a time (TPE's limit; --max-concurrent sets it)"
+    elif inv.max_concurrent:
+        at_once = f"at most {inv.max_concurrent} at a time (--max-concurrent)"
+    else:
+        at_once = f"{parallel} fit the cluster now, more as nodes join"
     log.info(
-        "study %s: %d trials, %d at a time, parent MLflow run %s",
+        "study %s: %d trials, %s, parent MLflow run %s",
         spec.name,
         plan.num_trials(),
-        parallel,
+        at_once,
         parent,
     )
     if inv.resume:
