@@ -177,6 +177,21 @@ def _(w):
     return Case(argv, 2, r"IM1 \(frame 0\): too_small: 1 x 1 pixels", "error", [dicom])
 
 
+@case("a legacy DICOM without the 128-byte preamble and file meta (read)")
+def _(w):
+    import pydicom
+
+    dicom = w.copy("dicom")
+    ds = pydicom.dcmread(dicom / "IM2")
+    del ds.file_meta
+    ds.preamble = None  # what a file written before DICOM Part 10 lacks, with its "DICM"
+    ds.save_as(dicom / "IM2", implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert (dicom / "IM2").read_bytes()[128:132] != b"DICM"
+    argv = ["data", "import-dicom", "--dicom", str(dicom), "--out", str(w.root / "out")]
+    argv += ["--salt", SALT, "--size", "32", "--workers", "1"]
+    return Case(argv, 0, r"imported 3 images", "ok", [dicom])
+
+
 # --------------------------------------------------------------- machine faults
 
 
