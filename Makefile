@@ -33,7 +33,8 @@ test-fast: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not ray and not cluster and not server and not labelstudio"
 
 # Fault tests on a local rehearsal cluster and on real tracking servers of their own (free
-# ports, their own folders).
+# ports, their own folders), and the slower Ray fault tests: a killed study, a dying trial
+# process, a DDP trial's worker group, nodes joining a running study.
 test-cluster: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "cluster or server"
 

@@ -188,6 +188,8 @@ def kill_at_first_checkpoint(trial_dir_glob: str, root: Path, killed: list, dead
         time.sleep(0.05)
 
 
+# Ray's fault tolerance and Ray Train worker groups (≈ 25–30 s each): make test-cluster.
+@pytest.mark.cluster
 def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(ray_address, tiny, tmp_path):
     spec = probe_spec("probe_crash", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
     # 6 short epochs leave the killer time to act after the first checkpoint.
@@ -211,6 +213,8 @@ def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint(ray_address, 
     assert evaluations == sorted(set(evaluations)) and len(evaluations) == 6
 
 
+# Ray's fault tolerance and Ray Train worker groups (≈ 25–30 s each): make test-cluster.
+@pytest.mark.cluster
 def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_address, tiny, tmp_path):
     study_file = tmp_path / "probe_resume.py"
     study_file.write_text(
@@ -278,6 +282,8 @@ def test_smoke_test_runs_one_trial_of_the_first_cell_on_the_tiny_phantom(
     assert not (Path(child.data.tags["out_dir"]) / "best.pt").exists()
 
 
+# Ray's fault tolerance and Ray Train worker groups (≈ 25–30 s each): make test-cluster.
+@pytest.mark.cluster
 def test_a_two_worker_trial_runs_as_a_ddp_train_job(ray_address, tiny, tmp_path):
     spec = probe_spec("probe_ddp", {"lsd": {"strategy": "lsd"}}, {}, seeds=(0,))
     argv = study_argv(
