@@ -7,7 +7,7 @@ import json
 import mlflow
 from PIL import Image
 
-from uslearn.study.run_page import CURVES, NOTE_TAG, describe_run
+from uslearn.study.run_page import CURVES, NOTE_TAG, describe, describe_run
 
 
 def test_describe_run_logs_the_curves_and_a_description_with_the_test_f1(tmp_path):
@@ -27,3 +27,9 @@ def test_describe_run_logs_the_curves_and_a_description_with_the_test_f1(tmp_pat
     local = mlc.download_artifacts(run_id, CURVES, str(tmp_path))
     with Image.open(local) as image:
         assert image.size == (900, 320)
+
+
+def test_one_evaluation_is_said_in_the_singular():
+    """Seen on the run page of a 1-epoch trial: "Learning curves (1 evaluations)"."""
+    assert "(1 evaluation)" in describe({"test/f1_weighted": 0.5}, "lsd", 1)
+    assert "(2 evaluations)" in describe({"test/f1_weighted": 0.5}, "lsd", 2)

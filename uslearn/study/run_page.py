@@ -48,7 +48,7 @@ def describe(final: dict[str, float], strategy: str, evaluations: int) -> str:
         f" · validation F1 {final.get('val/f1_weighted', float('nan')):.4f}"
         f" · {strategy}",
         "",
-        f"Learning curves ({evaluations} evaluations): Artifacts → `{CURVES}`; the curves "
+        f"Learning curves ({evaluations} evaluation{'' if evaluations == 1 else 's'}): Artifacts → `{CURVES}`; the curves "
         "themselves are the metrics `train/loss` and `val/f1_weighted` (Model metrics tab).",
     ]
     return "\n".join(lines)
