@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from uslearn.log import get_logger
-from uslearn.study.journal import Journal
+from uslearn.study.journal import Journal, pending_journals
 
 log = get_logger(__name__)
 
@@ -302,6 +302,25 @@ def replay(tracking_uri: str, run_dir: str | Path, patience: Patience | None = N
     )
     delivery.flush(patience)
     return delivery.backlog
+
+
+def replay_trials(tracking_uri: str, root: str | Path, when: str) -> dict[str, int]:
+    """Send what the trial folders under ``root`` kept (``replay`` for each); return what is left.
+
+    Returns:
+        trial folder name -> writes still kept, for the trials that keep some.
+    """
+    journals = pending_journals(root)
+    if not journals:
+        return {}
+    log.info("sending the MLflow writes %d trial(s) kept, %s", len(journals), when)
+    left = {}
+    for journal in journals:
+        run_dir = journal.folder.parent
+        still = replay(tracking_uri, run_dir)
+        if still:
+            left[run_dir.name] = still
+    return left
 
 
 def patiently(

@@ -23,7 +23,7 @@ from uslearn import files
 from uslearn.errors import UserError
 from uslearn.log import get_logger
 from uslearn.study import kept_models, tracking
-from uslearn.study.delivery import patiently
+from uslearn.study.delivery import patiently, replay_trials
 from uslearn.study.resources import concurrency
 from uslearn.study.spec import Plan
 from uslearn.study.trial import TrialContext, trial_name, tune_trial
@@ -319,14 +319,14 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
         parent,
     )
     if inv.resume:
-        _send_kept(ctx, "before the resumed trials start")
+        replay_trials(ctx.tracking_uri, ctx.out_root, "before the resumed trials start")
     status = "FAILED"
     try:
         grid = build_tuner(plan, ctx, inv, parallel).fit()
         frame = results_frame(plan, grid)
         frame.to_csv(inv.exp_dir / "results.csv", index=False)
         status = "FINISHED" if (frame["status"] == "ok").all() else "FAILED"
-        kept = _send_kept(ctx, "at the end of the study")
+        kept = replay_trials(ctx.tracking_uri, ctx.out_root, "at the end of the study")
         _record(state_path, kept_writes=kept)
         if spec.log_models == "best":  # only now is each cell's best trial known
             for line in patiently(
@@ -349,28 +349,6 @@ def execute(plan: Plan, inv: Invocation, address: str | None = None) -> pd.DataF
             lambda: tracking.finish(inv.tracking_uri, parent, status),
         )
     return frame
-
-
-def _send_kept(ctx: TrialContext, when: str) -> dict[str, int]:
-    """Send what trials kept in their journals (the server was away); return what is left.
-
-    Returns:
-        trial folder name -> writes still kept, for the trials that keep some.
-    """
-    from uslearn.study.delivery import replay
-    from uslearn.study.journal import pending_journals
-
-    journals = pending_journals(ctx.out_root)
-    if not journals:
-        return {}
-    log.info("sending the MLflow writes %d trial(s) kept, %s", len(journals), when)
-    left = {}
-    for journal in journals:
-        run_dir = journal.folder.parent
-        still = replay(ctx.tracking_uri, run_dir)
-        if still:
-            left[run_dir.name] = still
-    return left
 
 
 def _record(state_path: Path, **fields) -> None:
