@@ -3,14 +3,22 @@ server killed and started again in the middle; every trial must finish and every
 evaluations must be in MLflow exactly once.
 
     .venv/bin/python benchmarks/rehearsal_width.py [--nodes 8] [--per-node 4] [--epochs 4]
-        [--down-s 45]
+        [--down-s 45] [--no-memory-monitor]
 
 It starts its own rehearsal (cluster/rehearsal.sh: PostgreSQL + MLflow server on the head, a
 wider node type, free ports, its own state folder), writes a one-arm LSD study of nodes × per-node trials (λ values × 2 seeds), runs it as a
 driver process, kills the server's process group once the first evaluations are in MLflow,
 starts it again after ``--down-s`` seconds, and prints: wall time, trials at once, how long
 the server was down, trials FINISHED, runs per trial, evaluations expected / found / lost /
-duplicated, and the trials' "unreachable" / "answers again" lines.
+duplicated, the peak memory and swap in use, and the trials' "unreachable" / "answers again"
+lines.
+
+Memory: every trial process here holds ≈ 0.65–0.8 GB (the CUDA build of torch, torchvision,
+MLflow and scikit-learn ≈ 0.5 GB, ResNet18 with its gradients and Adam's moments 0.18 GB), so
+32 of them, the fake nodes and the head need ≈ 25 GB: more than a 24 GiB machine has. Ray's
+memory monitor then kills trials at 95 % of RAM before the kernel swaps anything; with swap on
+the machine, ``--no-memory-monitor`` lets the kernel page out the trials' cold memory instead
+(the head's dashboard is off here either way).
 """
 
 from __future__ import annotations
@@ -72,6 +80,42 @@ def study_file(folder: Path, lams: list[float], seeds: int) -> Path:
     return path
 
 
+class MemoryWatch:
+    """The machine's peak memory in use (total - available) and swap in use, from /proc/meminfo."""
+
+    def __init__(self) -> None:
+        self.peak_used_gb = self.peak_swap_gb = 0.0
+        self.total_gb = self.meminfo()["MemTotal"]
+
+    @staticmethod
+    def meminfo() -> dict[str, float]:
+        """Return /proc/meminfo's fields in GiB."""
+        fields = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0]) / 2**20
+        return fields
+
+    def sample(self) -> None:
+        info = self.meminfo()
+        self.peak_used_gb = max(self.peak_used_gb, info["MemTotal"] - info["MemAvailable"])
+        self.peak_swap_gb = max(self.peak_swap_gb, info["SwapTotal"] - info["SwapFree"])
+
+
+def count_lines(text: str, needle: str) -> int:
+    """Return how many of the trials' lines hold ``needle``, counting Ray's deduplicated ones.
+
+    The driver prints the first of a run of similar worker lines and then one line ending in
+    "[repeated Nx across cluster]" for the N others.
+    """
+    count = 0
+    for line in text.splitlines():
+        if needle in line:
+            repeated = re.search(r"\[repeated (\d+)x across cluster\]", line)
+            count += int(repeated.group(1)) if repeated else 1
+    return count
+
+
 def children(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -93,6 +137,12 @@ def main() -> int:
         "--backend", default="", help="mlflow-start's --backend on restart (default: the head's)"
     )
     parser.add_argument("--timeout-s", type=float, default=3600.0)
+    parser.add_argument(
+        "--no-memory-monitor",
+        action="store_true",
+        help="turn Ray's memory monitor off (RAY_memory_monitor_refresh_ms=0), so that a machine "
+        "with swap pages out the trials' cold memory instead of Ray killing trials at 95 %% of RAM",
+    )
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
@@ -111,7 +161,12 @@ def main() -> int:
         "RAY_CLIENT_PORT": str(free_port()),
         "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
         "RAY_AUTH_MODE": "disabled",
+        # The head's dashboard processes are not needed here (≈ 0.35 GB of this machine's memory).
+        "RAY_INCLUDE_DASHBOARD": "false",
     }
+    if args.no_memory_monitor:
+        env["RAY_memory_monitor_refresh_ms"] = "0"
+    memory = MemoryWatch()
     trials = args.nodes * args.per_node
     # cpu-demo runs 2 seeds: the width comes from λ values (one cell each).
     seeds = 2
@@ -126,9 +181,13 @@ def main() -> int:
             for line in (work / "state" / "env.sh").read_text().splitlines()
         )
         uri = exports["MLFLOW_TRACKING_URI"]
-        from uslearn.phantom import generate_phantom
-
-        data = generate_phantom(work / "tiny", preset="tiny", seed=0)
+        # In a child process: torch stays out of this one (≈ 0.3 GB, a trial's worth of memory).
+        data = work / "tiny"
+        subprocess.run(
+            [sys.executable, "-m", "uslearn", "data", "phantom", "--out", str(data),
+             "--preset", "tiny", "--seed", "0"],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
         log_path = work / "study.log"
         argv = [
             sys.executable, str(study_file(work, lams, seeds)),
@@ -150,6 +209,7 @@ def main() -> int:
             if study.poll() is not None or time.monotonic() > deadline:
                 print(log_path.read_text()[-4000:])
                 return 1
+            memory.sample()
             time.sleep(3)
         state = work / "state" / "mlflow"
         pid = int((state / "server.pid").read_text())
@@ -170,6 +230,7 @@ def main() -> int:
             if time.monotonic() > deadline:
                 study.kill()
                 break
+            memory.sample()
             time.sleep(5)
         wall = time.monotonic() - start
         client, runs = children(uri)
@@ -200,6 +261,11 @@ def main() -> int:
             f"trials {trials} planned, {len(per_trial)} with a run, at most {at_once} RUNNING at once"
         )
         print(f"server down {down:.0f} s (killed with SIGKILL, started again)")
+        monitor = "off" if args.no_memory_monitor else "on"
+        print(
+            f"memory: peak in use {memory.peak_used_gb:.1f} of {memory.total_gb:.1f} GiB, "
+            f"peak swap in use {memory.peak_swap_gb:.1f} GiB (Ray's memory monitor {monitor})"
+        )
         print(
             f"FINISHED {sum(r.info.status == 'FINISHED' for r in runs)} of {len(runs)} runs; "
             f"runs per trial: max {max(per_trial.values(), default=0)}"
@@ -208,8 +274,9 @@ def main() -> int:
             f"evaluations: expected {expected}, in MLflow {found}, lost {lost}, duplicated {duplicated}"
         )
         print(
-            f"trial lines: 'unreachable' {text.count(' unreachable (')}, "
-            f"'answers again' {text.count('answers again')}, 'not sent' {text.count('not sent to MLflow')}"
+            f"trial lines: 'unreachable' {count_lines(text, ' unreachable (')}, "
+            f"'answers again' {count_lines(text, 'answers again')}, "
+            f"'not sent' {count_lines(text, 'not sent to MLflow')}"
         )
         passed = study.returncode == 0 and lost == 0 and duplicated == 0 and at_once >= trials
         return 0 if passed else 1

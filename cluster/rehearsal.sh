@@ -9,7 +9,8 @@
 #   cluster/rehearsal.sh down     stop what `up` started (by the ids it recorded); safe twice
 #
 # Settings (environment): RAY_PORT (6379), MLFLOW_PORT (5000), PG_PORT (54320),
-# RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001), RAY_DASHBOARD_AGENT_PORT (52365),
+# RAY_DASHBOARD_PORT (8265), RAY_INCLUDE_DASHBOARD (true; false saves the head's dashboard
+# processes, ≈ 0.35 GB), RAY_CLIENT_PORT (10001), RAY_DASHBOARD_AGENT_PORT (52365),
 # USLEARN_CLUSTER_STATE (runs/cluster: pids, logs, the MLflow store and artifacts, staged
 # datasets), USLEARN_REHEARSAL_CONFIG (cluster/rehearsal.yaml), RAY_TEMP_DIR (Ray's session files; default Ray's own, so that `--address auto`
 # finds the cluster), PYTHON (.venv/bin/python).
@@ -82,11 +83,14 @@ EOF
             . "$state/env.sh"
             set +a
             unset RAY_ADDRESS
+            # The autoscaler imports the rehearsal's node provider from this folder.
+            export PYTHONPATH=$here${PYTHONPATH:+:$PYTHONPATH}
             RAY_AUTH_MODE=$auth RAY_FAKE_CLUSTER=1 exec setsid "$bin/ray" start --head --block \
                 --port "$ray_port" \
                 --autoscaling-config "$state/autoscaling.yaml" \
                 $head_flags \
                 --object-store-memory 300000000 \
+                --include-dashboard "${RAY_INCLUDE_DASHBOARD:-true}" \
                 --dashboard-host 127.0.0.1 \
                 --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" \
                 --ray-client-server-port "${RAY_CLIENT_PORT:-10001}" \

@@ -153,19 +153,26 @@ def finish(process, log: Path, seconds: float) -> None:
     assert code == 0, log.read_text()[-3000:]
 
 
-def raylet_pid(cluster, node_id: str) -> int:
-    """Return the pid of the raylet of Ray node ``node_id`` in the rehearsal's session."""
+def session_processes(cluster) -> dict[int, list[bytes]]:
+    """Return {pid: argv} of the processes in the rehearsal's Ray session."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             args = (entry / "cmdline").read_bytes().split(b"\0")
-            if os.getsid(int(entry.name)) != cluster["sid"]:
-                continue
+            if os.getsid(int(entry.name)) == cluster["sid"]:
+                found[int(entry.name)] = args
         except OSError:
             continue
+    return found
+
+
+def raylet_pid(cluster, node_id: str) -> int:
+    """Return the pid of the raylet of Ray node ``node_id`` in the rehearsal's session."""
+    for pid, args in session_processes(cluster).items():
         if args[0].endswith(b"raylet/raylet") and f"--node_id={node_id}".encode() in args:
-            return int(entry.name)
+            return pid
     raise AssertionError(f"no raylet of node {node_id} in session {cluster['sid']}")
 
 
@@ -202,6 +209,11 @@ def test_a_ddp_trial_spreads_over_two_nodes_and_survives_losing_one(
     child = wait_for(first_evaluation, 420, process, log)
     nodes = {child.data.tags["node_id/rank0"], child.data.tags["node_id/rank1"]}
     assert len(nodes) == 2  # STRICT_SPREAD: one worker per node
+    # The nodes share one log folder, so one log monitor (the head's) sends each line once:
+    # a monitor per node sent it once per node.
+    processes = session_processes(cluster).values()
+    assert sum(a[0].endswith(b"raylet/raylet") for a in processes) >= 3
+    assert sum(any(x.endswith(b"log_monitor.py") for x in a) for a in processes) == 1
     lost = child.data.tags["node_id/rank1"]
     os.kill(raylet_pid(cluster, lost), signal.SIGKILL)
     finish(process, log, 600)

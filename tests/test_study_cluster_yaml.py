@@ -114,10 +114,14 @@ def test_the_rehearsal_config_mirrors_cluster_yaml():
     import ray.autoscaler
 
     rehearsal = yaml.safe_load((CLUSTER_YAML.parent / "cluster" / "rehearsal.yaml").read_text())
-    # Ray's wheel has no fake_multinode defaults to fill in: every launcher key is written out.
+    # An external provider gets no defaults filled in: every launcher key is written out.
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     assert set(schema["properties"]) <= set(rehearsal)
-    assert rehearsal["provider"]["type"] == "fake_multinode"
+    provider = rehearsal["provider"]
+    assert (provider["type"], provider["module"]) == (
+        "external",
+        "rehearsal_nodes.RehearsalNodeProvider",
+    )
     head = rehearsal["available_node_types"][rehearsal["head_node_type"]]["resources"]
     assert head["TRAIN_DRIVER"] >= 1 and "GPU" not in head
     workers = [
