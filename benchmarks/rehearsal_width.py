@@ -216,7 +216,9 @@ def main() -> int:
         os.killpg(pid, signal.SIGKILL)
         (state / "server.pid").unlink()
         killed = time.monotonic()
-        time.sleep(args.down_s)
+        while time.monotonic() < killed + args.down_s:  # the server away: sample meanwhile
+            memory.sample()
+            time.sleep(min(3.0, max(0.0, killed + args.down_s - time.monotonic())))
         restart = [str(HEAD_SERVICES), "mlflow-start", "--host", "127.0.0.1",
                    "--port", env["MLFLOW_PORT"], "--state", str(state),
                    "--artifacts", str(work / "state" / "mlartifacts")]  # fmt: skip
